@@ -1,0 +1,224 @@
+"""Copy-on-write output: everything is written into a temporary folder beside the target,
+flushed, verified, and only then renamed into place.
+
+The temporary folder is named `.embcli-tmp-<pid>-<random>`, so whatever an interrupted run
+leaves behind is plainly embcli's and is never taken for the output. Later writes into the
+same folder remove such leftovers whose process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from embcli.errors import OutputExists, VerificationFailed
+from embcli.formats.base import FilePlan, WritePlan
+
+TEMP_PREFIX = ".embcli-tmp-"
+COPY_CHUNK = 8 * 1024 * 1024
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove temporary folders left in `folder` by embcli processes that no longer run."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(TEMP_PREFIX) or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid_text = entry.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if pid_text.isdigit() and not _process_alive(int(pid_text)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def temporary_folder(parent: Path) -> Iterator[Path]:
+    """A fresh temporary folder in `parent`, removed on exit whatever happens."""
+    remove_stale_temporaries(parent)
+    folder = parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    folder.mkdir()
+    try:
+        with _terminate_as_interrupt():
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C while writing, so cleanup runs."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def check_output(output: Path, force: bool) -> None:
+    """Refuse to overwrite an existing output unless forced."""
+    if output.exists() and not force:
+        raise OutputExists(f"{output} exists; use --force to replace it")
+    if not output.parent.is_dir():
+        raise OutputExists(f"{output.parent} is not a folder")
+
+
+def write_new_file(output: Path, force: bool, write: Callable[[Path], None]) -> None:
+    """Write a single file atomically: `write(temp_path)`, fsync, rename over `output`."""
+    check_output(output, force)
+    output = output.absolute()
+    with temporary_folder(output.parent) as folder:
+        temp = folder / output.name
+        write(temp)
+        _fsync_file(temp)
+        os.replace(temp, output)
+        fsync_dir(output.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def execute(plan: WritePlan, verify: Callable[[Path, list], None]) -> None:
+    """Carry out a write plan.
+
+    Each file is built in a temporary folder beside its target: copied from its source
+    (or written whole), patched, and fsynced. `verify(path, checks)` reads each patched
+    file back. Only then are the files renamed into place, the plan's last file last.
+    """
+    root = (plan.folder.parent if plan.folder else _common_parent(plan)).absolute()
+    with temporary_folder(root) as folder:
+        staged: list[tuple[Path, Path]] = []
+        for item in plan.files:
+            target = item.target.absolute()
+            temp = folder / target.relative_to(root)
+            temp.parent.mkdir(parents=True, exist_ok=True)
+            _build(item, temp)
+            if item.checks:
+                verify(temp, item.checks)
+            staged.append((temp, target))
+        if plan.folder is not None:
+            _replace_folder(folder / plan.folder.absolute().relative_to(root), plan.folder.absolute(), folder)
+        else:
+            for temp, target in staged:
+                os.replace(temp, target)
+            for parent in {target.parent for _, target in staged}:
+                fsync_dir(parent)
+
+
+def _common_parent(plan: WritePlan) -> Path:
+    parents = {item.target.absolute().parent for item in plan.files}
+    return Path(os.path.commonpath([str(p) for p in parents]))
+
+
+def _replace_folder(built: Path, target: Path, scratch: Path) -> None:
+    for path in [built, *built.rglob("*")]:
+        if path.is_dir():
+            fsync_dir(path)
+    if target.exists():
+        retired = scratch / ".previous"
+        os.replace(target, retired)
+        try:
+            os.replace(built, target)
+        except BaseException:
+            os.replace(retired, target)
+            raise
+    else:
+        os.replace(built, target)
+    fsync_dir(target.parent)
+
+
+def _build(item: FilePlan, temp: Path) -> None:
+    if item.rebuild is not None:
+        item.rebuild(temp)
+    elif item.content is not None:
+        temp.write_bytes(item.content)
+    else:
+        shutil.copyfile(item.source, temp)
+        shutil.copymode(item.source, temp)
+        if item.patches:
+            _patch(item, temp)
+    if item.source is not None and item.rebuild is not None:
+        shutil.copymode(item.source, temp)
+    _fsync_file(temp)
+
+
+def _patch(item: FilePlan, temp: Path) -> None:
+    from embcli.crc import patched_crc32
+
+    fd = os.open(temp, os.O_RDWR)
+    try:
+        changes = []
+        for offset, data in item.patches:
+            old = os.pread(fd, len(data), offset)
+            if len(old) != len(data):
+                raise VerificationFailed(f"{temp.name}: a patch falls beyond the end of the file")
+            if old != data:
+                os.pwrite(fd, data, offset)
+                changes.append((offset, old, data))
+        member = item.zip_member
+        if member is not None and changes:
+            inside = []
+            for offset, old, new in changes:
+                if offset < member.data_offset or offset + len(new) > member.data_offset + member.size:
+                    raise VerificationFailed("a patch falls outside the archive member it edits")
+                inside.append((offset - member.data_offset, old, new))
+            crc = patched_crc32(member.crc, member.size, inside).to_bytes(4, "little")
+            for position in member.crc_offsets:
+                if os.pread(fd, 4, position) != member.crc.to_bytes(4, "little"):
+                    raise VerificationFailed("the archive's checksum is not where it should be")
+                os.pwrite(fd, crc, position)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal bit for bit (so NaN equals the same NaN)."""
+    a = np.ascontiguousarray(a)
+    b = np.ascontiguousarray(b)
+    return a.shape == b.shape and a.dtype.itemsize == b.dtype.itemsize and bytes(a.view(np.uint8)) == bytes(b.view(np.uint8))
+
+
+def is_writable_mode(path: Path) -> bool:
+    return bool(path.stat().st_mode & stat.S_IWUSR)

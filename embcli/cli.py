@@ -1,0 +1,46 @@
+"""The `embcli` command: parse, call the library, print. Commands live in `commands/`."""
+
+from __future__ import annotations
+
+import click
+
+from embcli import __version__
+from embcli.commands import assign, audit, read
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class EmbcliGroup(click.Group):
+    """Turns library errors into `Error: ...` with exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from embcli.errors import EmbcliError
+
+        try:
+            return super().invoke(ctx)
+        except EmbcliError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+        except MemoryError:
+            raise click.ClickException("out of memory") from None
+
+
+@click.group(cls=EmbcliGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="embcli")
+def cli() -> None:
+    """Look inside, and change, the embedding tables of saved Keras and TensorFlow
+    models, reading the files directly: no TensorFlow, no model code.
+
+    \b
+    Example:
+        embcli layers model.keras
+        embcli rows model.keras 0 5 10:20
+        embcli assign model.keras --from vecs.npy --rows 3,7 -o new.keras
+    """
+
+
+for module in (read, assign, audit):
+    for command in module.COMMANDS:
+        cli.add_command(command)

@@ -1,0 +1,1 @@
+"""Click commands, grouped by what they do. Each module exposes COMMANDS."""

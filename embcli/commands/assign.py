@@ -1,0 +1,3 @@
+"""The command that writes: assign."""
+
+COMMANDS: list = []

@@ -1,0 +1,3 @@
+"""Audit commands: stats, check, diff, neighbors."""
+
+COMMANDS: list = []

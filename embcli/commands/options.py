@@ -1,0 +1,44 @@
+"""Options shared by several commands, so they read and behave the same everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import re
+
+import click
+
+model_argument = click.argument(
+    "model", type=click.Path(exists=False, dir_okay=True, file_okay=True, path_type=str)
+)
+
+layer_option = click.option(
+    "-l", "--layer", "layer", metavar="NAME",
+    help="Table to use: layer name, outer/inner path, or weight path. "
+    "Optional when the model holds one table.",
+)
+
+raw_option = click.option(
+    "--raw", is_flag=True, help="Give quantized tables' stored integers, not dequantized values."
+)
+
+
+def output_options(command: Callable) -> Callable:
+    """--json and --csv, which exclude each other."""
+    command = click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")(command)
+    command = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(command)
+    return command
+
+
+def output_mode(as_json: bool, as_csv: bool) -> str:
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv cannot be used together")
+    return "json" if as_json else "csv" if as_csv else "table"
+
+
+def reject_unknown_options(arguments: tuple[str, ...]) -> None:
+    """Commands that take negative row numbers (`-1`) accept unknown options as
+    arguments; anything that is not a number or slice is still a usage error."""
+    for argument in arguments:
+        if argument.startswith("-") and not re.match(r"^-[\d:]", argument):
+            raise click.NoSuchOption(argument)

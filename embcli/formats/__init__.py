@@ -1,0 +1,1 @@
+"""One module per artifact kind, each behind the `ModelFile` interface of `base`."""

@@ -1,0 +1,270 @@
+"""The interface every format module answers, and the HDF5 plumbing most of them share.
+
+A format module opens one artifact and answers three questions: which tables it holds
+(`tables`), what a weight's rows are (`read`), and how to write a copy in which some rows
+are replaced (`plan_write`, executed by `embcli.atomic`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import h5py
+import ml_dtypes
+import numpy as np
+
+from embcli.errors import MalformedFile, UnsupportedEdit
+from embcli.guarded import DatasetInfo, open_h5
+
+EMBEDDING_SUFFIX = "Embedding"
+EMBEDDING_VARIABLE = "embeddings"
+
+
+@dataclass(frozen=True)
+class Table:
+    """One 2-D weight, usually an embedding table.
+
+    Attributes:
+        name: the name shown and accepted by `--layer`: the layer's own name, or its
+            qualified `outer/inner` path where two tables share a name.
+        qualified: the names of the enclosing layers and the layer, joined by `/`.
+        class_name: the layer's class, when the file tells it.
+        shape: `(rows, dim)` as stored.
+        dtype: the stored dtype: float32, float16, bfloat16, int8, ...
+        weight: the weight's path or key inside the artifact.
+        quantized: "int8" or "int4" for quantized Keras Embedding tables.
+        scale: for int8 tables, the weight holding the per-row `embeddings_scale`.
+        is_embedding: False for 2-D weights listed only by `--all`.
+        aliases: other names `--layer` accepts for this table.
+        owner: the layer's path or group, which assets and optimizer slots refer to.
+    """
+
+    name: str
+    qualified: str
+    class_name: str | None
+    shape: tuple[int, int]
+    dtype: str
+    weight: str
+    quantized: str | None = None
+    scale: str | None = None
+    is_embedding: bool = True
+    aliases: tuple[str, ...] = ()
+    owner: str = ""
+    extras: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.shape[1]
+
+    def renamed(self, name: str) -> Table:
+        return replace(self, name=name)
+
+
+@dataclass
+class FilePlan:
+    """One file of a write: copy `source` (or write `content`) to `target`, then patch it.
+
+    Attributes:
+        target: the file's final path.
+        source: the file to copy, or None when `content` is given.
+        content: the whole new file, for small files such as an index.
+        patches: `(offset, new_bytes)` pairs, applied to the copy.
+        zip_member: when the patches fall inside a stored zip member, where its
+            checksums live, so that they can be updated from the changed bytes alone.
+        checks: `(weight, rows, expected)` to read back from the written file alone.
+        rebuild: writes the whole file itself, for the rare copy that cannot be patched.
+    """
+
+    target: Path
+    source: Path | None = None
+    content: bytes | None = None
+    patches: list[tuple[int, bytes]] = field(default_factory=list)
+    zip_member: ZipMemberChecksums | None = None
+    checks: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)
+    rebuild: Callable[[Path], None] | None = None
+
+
+@dataclass(frozen=True)
+class ZipMemberChecksums:
+    """Where a stored member's CRC-32 is recorded, for updating it after a patch."""
+
+    data_offset: int
+    size: int
+    crc: int
+    crc_offsets: tuple[int, ...]
+
+
+@dataclass
+class WritePlan:
+    """Everything a write produces. `files` are renamed into place in order, last one last.
+
+    `folder` is set when the output is a folder written whole (a new unzipped model).
+    """
+
+    output: Path
+    files: list[FilePlan]
+    folder: Path | None = None
+
+
+class ModelFile(ABC):
+    """An open model artifact. Use as a context manager, or call `close`."""
+
+    format_name: str = "?"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @abstractmethod
+    def tables(self, all_weights: bool = False) -> list[Table]:
+        """The embedding tables, or with `all_weights` every 2-D weight."""
+
+    @abstractmethod
+    def weight_info(self, weight: str) -> tuple[tuple[int, ...], np.dtype]:
+        """A weight's stored shape and numpy dtype (bfloat16 as ml_dtypes.bfloat16)."""
+
+    @abstractmethod
+    def read(self, weight: str, rows: slice | np.ndarray) -> np.ndarray:
+        """Stored values of some rows of a weight: a slice, or sorted unique indices."""
+
+    def optimizer_slots(self, table: Table) -> list[str]:
+        """Weights of the saved optimizer state that hold per-row state for `table`."""
+        return []
+
+    @abstractmethod
+    def plan_write(
+        self, output: Path, patches: dict[str, tuple[np.ndarray, np.ndarray]], in_place: bool
+    ) -> WritePlan:
+        """How to write a copy at `output` in which `patches[weight] = (rows, values)`.
+
+        Values are already in the weight's stored dtype. With `in_place`, `output` is
+        this artifact's own path and only the files that change need rewriting.
+        """
+
+    def config(self) -> dict | None:
+        """The model's config as parsed JSON data, when the artifact has one."""
+        return None
+
+    def asset(self, name: str) -> bytes | None:
+        """An asset file's bytes, e.g. a lookup layer's vocabulary, when present."""
+        return None
+
+    def close(self) -> None:
+        """Release open files."""
+
+    def __enter__(self) -> ModelFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def numpy_dtype(info: DatasetInfo) -> np.dtype:
+    return np.dtype(ml_dtypes.bfloat16) if info.is_bfloat16 else np.dtype(info.dtype)
+
+
+def read_dataset(ds: h5py.Dataset, info: DatasetInfo, rows: slice | np.ndarray) -> np.ndarray:
+    """Read rows of an HDF5 dataset; index arrays must be sorted and unique."""
+    if isinstance(rows, slice):
+        data = ds[rows]
+    else:
+        data = np.empty((len(rows),) + info.shape[1:], dtype=ds.dtype)
+        for start, stop, at in contiguous_runs(rows):
+            data[at : at + stop - start] = ds[start:stop]
+    if info.is_bfloat16:
+        data = data.view(ml_dtypes.bfloat16)
+    return data
+
+
+def contiguous_runs(rows: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """`(start, stop, position_in_rows)` for each run of consecutive sorted indices."""
+    if len(rows) == 0:
+        return
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(rows)]])
+    for a, b in zip(starts.tolist(), stops.tolist()):
+        yield int(rows[a]), int(rows[b - 1]) + 1, a
+
+
+def row_patches(
+    info: DatasetInfo, base_offset: int, rows: np.ndarray, values: np.ndarray
+) -> list[tuple[int, bytes]]:
+    """Byte patches that write `values` into `rows` of a contiguous dataset."""
+    if not info.contiguous or info.offset is None:
+        raise UnsupportedEdit(
+            f"{info.path}: only contiguously stored HDF5 datasets can be edited"
+        )
+    order = np.argsort(rows, kind="stable")
+    rows = rows[order]
+    values = np.ascontiguousarray(values[order])
+    row_bytes = int(np.prod(info.shape[1:], dtype=np.int64)) * values.dtype.itemsize
+    raw = values.view(np.uint8).reshape(len(rows), -1) if len(rows) else values
+    patches = []
+    for start, stop, at in contiguous_runs(rows):
+        patches.append(
+            (base_offset + info.offset + start * row_bytes, raw[at : at + stop - start].tobytes())
+        )
+    return patches
+
+
+def stored_bytes_dtype(info: DatasetInfo) -> np.dtype:
+    """The dtype whose bytes are exactly what the file stores for a dataset."""
+    if info.is_bfloat16:
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(info.dtype).newbyteorder("<") if np.dtype(info.dtype).itemsize > 1 else np.dtype(info.dtype)
+
+
+class H5Source:
+    """One checked, read-only HDF5 file, opened from a path or a window into an archive."""
+
+    def __init__(self, path: Path, source: object | None = None, size: int | None = None,
+                 base_offset: int = 0) -> None:
+        self.path = path
+        self.base_offset = base_offset
+        size = os.path.getsize(path) if size is None else size
+        self.handle, self.index = open_h5(source if source is not None else str(path), size)
+
+    def info(self, dataset: str) -> DatasetInfo:
+        try:
+            return self.index.datasets[dataset.strip("/")]
+        except KeyError:
+            raise MalformedFile(f"no dataset {dataset!r} in {self.path}") from None
+
+    def read(self, dataset: str, rows: slice | np.ndarray) -> np.ndarray:
+        info = self.info(dataset)
+        try:
+            return read_dataset(self.handle[info.path], info, rows)
+        except (OSError, ValueError, TypeError) as exc:
+            raise MalformedFile(f"{info.path}: cannot read ({exc})") from None
+
+    def patches(self, dataset: str, rows: np.ndarray, values: np.ndarray) -> list[tuple[int, bytes]]:
+        info = self.info(dataset)
+        file_dtype = self.handle[info.path].dtype
+        if file_dtype.kind != "V" and file_dtype.byteorder == ">":
+            values = values.astype(file_dtype)
+        return row_patches(info, self.base_offset, rows, values)
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def vars_index(name: str) -> int:
+    """Sort key for a Keras `vars/N` dataset."""
+    return int(name) if name.isdigit() else 1 << 30
+
+
+def snake_to_class(group: str) -> str:
+    """`reversible_embedding_2` -> `ReversibleEmbedding`: the class a Keras container
+    group name was derived from."""
+    base = re.sub(r"_\d+$", "", group)
+    return "".join(part[:1].upper() + part[1:] for part in base.split("_"))
+

@@ -1,0 +1,550 @@
+"""Keras 3 weight files: `.keras` archives, unzipped model folders, `.weights.h5`, and
+sharded `.weights.json` with their `_NNNNN.weights.h5` shards. `.keras` files written by
+tf_keras share this layout.
+
+Weights sit in `model.weights.h5` as datasets `vars/0`, `vars/1`, ... of one group per
+saved object. A stored (uncompressed) archive member is read in place through a window
+onto the archive, and edited by patching its bytes and its CRC-32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from embcli.errors import MalformedFile, UnsafeFile, UnsupportedEdit, UnsupportedFormat
+from embcli.formats.base import (
+    EMBEDDING_SUFFIX,
+    FilePlan,
+    H5Source,
+    ModelFile,
+    Table,
+    WritePlan,
+    ZipMemberChecksums,
+    numpy_dtype,
+    snake_to_class,
+    vars_index,
+)
+from embcli.formats.naming import (
+    LAYERS_CONTAINER,
+    TF_KERAS_LAYERS_CONTAINER,
+    ConfigLayer,
+    groups_from_config,
+)
+from embcli.guarded import (
+    FileWindow,
+    check_archive,
+    member_data_offset,
+    parse_json,
+    read_attr_text,
+    read_member,
+)
+
+CONFIG_FILENAME = "config.json"
+METADATA_FILENAME = "metadata.json"
+WEIGHTS_FILENAME = "model.weights.h5"
+NPZ_WEIGHTS_FILENAME = "model.weights.npz"
+ASSETS_DIRNAME = "assets"
+VARS_GROUP = "vars"
+OPTIMIZER_GROUP = "optimizer"
+NAME_ATTRIBUTE = "name"
+SHARD_MAP_KEY = "weight_map"
+MAX_UNZIPPED_WEIGHTS = 1 << 40
+
+# keras-hub layers that hold their tables as attributes, by (parent class, attribute).
+KNOWN_SUBLAYER_CLASSES = {
+    ("TokenAndPositionEmbedding", "token_embedding"): "ReversibleEmbedding",
+    ("TokenAndPositionEmbedding", "position_embedding"): "PositionEmbedding",
+}
+_AUTO_EMBEDDING_NAME = re.compile(r"^([a-z0-9_]*embedding)(_\d+)?$")
+_CONTAINER_PARTS = {LAYERS_CONTAINER, TF_KERAS_LAYERS_CONTAINER}
+
+
+@dataclass
+class _Owner:
+    """A saved object's group and its `vars` datasets, in order."""
+
+    group: str
+    datasets: list[str]
+    saved_name: str | None
+
+
+class Keras3File(ModelFile):
+    """A Keras 3 (or tf_keras `.keras`) artifact of one of four kinds."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(path)
+        self.kind = kind
+        self.format_name = {
+            "archive": "keras archive",
+            "folder": "keras folder",
+            "weights": "keras weights",
+            "sharded": "keras sharded weights",
+        }[kind]
+        self._fd: int | None = None
+        self._archive: zipfile.ZipFile | None = None
+        self._member: zipfile.ZipInfo | None = None
+        self._member_offset: int | None = None
+        self._spill = None
+        self._config: dict | None = None
+        self._shard_map: dict | None = None
+        self._sources: dict[str, H5Source] = {}
+        self._location: dict[str, str] = {}
+        try:
+            {
+                "archive": self._open_archive,
+                "folder": self._open_folder,
+                "weights": self._open_weights,
+                "sharded": self._open_sharded,
+            }[kind]()
+            self._owners = self._find_owners()
+            self._names = groups_from_config(self._config) if self._config else {}
+        except BaseException:
+            self.close()
+            raise
+
+    # Opening -------------------------------------------------------------------------
+
+    def _open_archive(self) -> None:
+        self._fd = os.open(self.path, os.O_RDONLY)
+        size = os.fstat(self._fd).st_size
+        try:
+            self._archive = zipfile.ZipFile(open(self.path, "rb"))  # noqa: SIM115
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise MalformedFile(f"{self.path}: not a readable zip archive ({exc})") from None
+        check_archive(self._archive, size)
+        names = set(self._archive.namelist())
+        if CONFIG_FILENAME in names:
+            self._config = self._parse_config(read_member(self._archive, CONFIG_FILENAME))
+        if WEIGHTS_FILENAME not in names:
+            if NPZ_WEIGHTS_FILENAME in names:
+                raise UnsupportedFormat(
+                    f"{self.path}: the npz weights format stores pickled objects; "
+                    "embcli never unpickles"
+                )
+            raise MalformedFile(f"{self.path}: the archive has no {WEIGHTS_FILENAME}")
+        info = self._archive.getinfo(WEIGHTS_FILENAME)
+        self._member = info
+        if info.compress_type == zipfile.ZIP_STORED:
+            offset = member_data_offset(self._fd, info)
+            if offset + info.file_size > size:
+                raise MalformedFile(f"{self.path}: {WEIGHTS_FILENAME} is truncated")
+            self._member_offset = offset
+            window = FileWindow(self._fd, offset, info.file_size)
+            self._sources[""] = H5Source(self.path, window, info.file_size, base_offset=offset)
+        else:
+            self._spill = self._unzip_to_temporary(info)
+            self._sources[""] = H5Source(self.path, self._spill, info.file_size)
+
+    def _unzip_to_temporary(self, info: zipfile.ZipInfo):
+        if info.file_size > MAX_UNZIPPED_WEIGHTS:
+            raise UnsafeFile(f"{self.path}: {info.filename} declares {info.file_size} bytes")
+        spill = tempfile.TemporaryFile(prefix="embcli-")  # noqa: SIM115
+        written = 0
+        try:
+            with self._archive.open(info) as member:
+                while chunk := member.read(1 << 20):
+                    written += len(chunk)
+                    if written > info.file_size:
+                        raise UnsafeFile(f"{self.path}: {info.filename} is larger than declared")
+                    spill.write(chunk)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            spill.close()
+            raise MalformedFile(f"{self.path}: {info.filename} cannot be read ({exc})") from None
+        spill.seek(0)
+        return spill
+
+    def _open_folder(self) -> None:
+        config_path = self.path / CONFIG_FILENAME
+        if config_path.is_file():
+            self._config = self._parse_config(_read_small(config_path))
+        weights = self.path / WEIGHTS_FILENAME
+        if weights.is_symlink() or not weights.is_file():
+            raise MalformedFile(f"{self.path}: the folder has no {WEIGHTS_FILENAME}")
+        self._sources[""] = H5Source(weights)
+
+    def _open_weights(self) -> None:
+        self._sources[""] = H5Source(self.path)
+
+    def _open_sharded(self) -> None:
+        index = parse_json(_read_small(self.path), str(self.path))
+        weight_map = index.get(SHARD_MAP_KEY) if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict):
+            raise MalformedFile(f"{self.path}: no {SHARD_MAP_KEY} in the shard index")
+        self._shard_map = index
+        for shard in shard_names(weight_map):
+            shard_path = self.path.parent / shard
+            if shard_path.is_symlink() or not shard_path.is_file():
+                raise MalformedFile(f"{self.path}: shard {shard} is missing")
+            self._sources[shard] = H5Source(shard_path)
+
+    def _parse_config(self, text: bytes) -> dict:
+        config = parse_json(text, f"{self.path}: {CONFIG_FILENAME}")
+        if not isinstance(config, dict):
+            raise MalformedFile(f"{self.path}: {CONFIG_FILENAME} is not a JSON object")
+        return config
+
+    # Reading -------------------------------------------------------------------------
+
+    def _find_owners(self) -> dict[str, _Owner]:
+        owners: dict[str, _Owner] = {}
+        for key, source in self._sources.items():
+            for path, info in source.index.datasets.items():
+                self._location.setdefault(path, key)
+            for group in source.index.groups:
+                parts = group.split("/")
+                if parts[-1] != VARS_GROUP:
+                    continue
+                owner_path = "/".join(parts[:-1])
+                owner = owners.setdefault(owner_path, _Owner(owner_path, [], None))
+                saved = read_attr_text(source.handle[group], NAME_ATTRIBUTE)
+                owner.saved_name = owner.saved_name or saved
+        for path in self._location:
+            parts = path.split("/")
+            if len(parts) >= 2 and parts[-2] == VARS_GROUP:
+                owner_path = "/".join(parts[:-2])
+                owners.setdefault(owner_path, _Owner(owner_path, [], None)).datasets.append(path)
+        for owner in owners.values():
+            owner.datasets.sort(key=lambda p: vars_index(p.rsplit("/", 1)[-1]))
+        return owners
+
+    def _source(self, weight: str) -> tuple[H5Source, str]:
+        path = weight.strip("/")
+        key = self._location.get(path)
+        if key is None:
+            raise MalformedFile(f"no weight {weight!r} in {self.path}")
+        return self._sources[key], path
+
+    def weight_info(self, weight: str) -> tuple[tuple[int, ...], np.dtype]:
+        source, path = self._source(weight)
+        info = source.info(path)
+        return info.shape, numpy_dtype(info)
+
+    def read(self, weight: str, rows: slice | np.ndarray) -> np.ndarray:
+        source, path = self._source(weight)
+        return source.read(path, rows)
+
+    def config(self) -> dict | None:
+        return self._config
+
+    def asset(self, name: str) -> bytes | None:
+        member = f"{ASSETS_DIRNAME}/{name}"
+        if self._archive is not None:
+            if member in self._archive.namelist():
+                return read_member(self._archive, member)
+            return None
+        if self.kind == "folder":
+            path = self.path / ASSETS_DIRNAME / name
+            if path.is_file() and not path.is_symlink():
+                return _read_small(path)
+        return None
+
+    def tables(self, all_weights: bool = False) -> list[Table]:
+        found = []
+        for owner in sorted(self._owners.values(), key=lambda o: o.group):
+            if not owner.group or owner.group.split("/")[0] == OPTIMIZER_GROUP:
+                continue
+            found.extend(self._owner_tables(owner, all_weights))
+        return found
+
+    def _config_layer(self, group: str) -> ConfigLayer | None:
+        return self._names.get(group) or self._names.get(
+            group.replace(TF_KERAS_LAYERS_CONTAINER, LAYERS_CONTAINER)
+        )
+
+    def _own_name(self, group: str) -> str | None:
+        owner = self._owners.get(group)
+        if owner is not None and owner.saved_name:
+            return owner.saved_name
+        known = self._config_layer(group)
+        return known.name if known is not None else None
+
+    def _qualified(self, group: str) -> str:
+        """Names of the enclosing layers and this one, joined by `/`.
+
+        A part with no recorded name (a sublayer kept as an attribute, in a file from
+        before Keras recorded names) is shown by its attribute name. With no name known
+        at all, the group path itself is the name.
+        """
+        parts = group.split("/")
+        names: list[str] = []
+        known = False
+        for end, part in enumerate(parts, start=1):
+            if part in _CONTAINER_PARTS:
+                continue
+            own = self._own_name("/".join(parts[:end]))
+            known = known or own is not None
+            names.append(own if own is not None else part)
+        return "/".join(names) if known else group
+
+    def _layer_name(self, group: str) -> str:
+        return self._own_name(group) or self._qualified(group)
+
+    def _class_name(self, group: str) -> str | None:
+        known = self._config_layer(group)
+        if known is not None:
+            return known.class_name
+        parts = group.split("/")
+        if len(parts) >= 2 and parts[-2] in _CONTAINER_PARTS:
+            return snake_to_class(parts[-1])
+        if len(parts) >= 2:
+            parent = "/".join(parts[:-1])
+            parent_class = self._class_name(parent) if parent else None
+            if parent_class and (parent_class, parts[-1]) in KNOWN_SUBLAYER_CLASSES:
+                return KNOWN_SUBLAYER_CLASSES[(parent_class, parts[-1])]
+        saved = self._owners.get(group)
+        if saved and saved.saved_name:
+            auto = _AUTO_EMBEDDING_NAME.match(saved.saved_name)
+            if auto:
+                return snake_to_class(auto.group(1))
+        return None
+
+    def _looks_like_embedding(self, group: str, class_name: str | None) -> bool:
+        if class_name is not None:
+            return class_name.endswith(EMBEDDING_SUFFIX)
+        attribute = group.rsplit("/", 1)[-1]
+        return bool(re.search(r"(^|_)(embedding|embeddings)$", attribute))
+
+    def _owner_tables(self, owner: _Owner, all_weights: bool) -> list[Table]:
+        infos = [self._source(path)[0].info(path) for path in owner.datasets]
+        matrices = [info for info in infos if len(info.shape) == 2]
+        if not matrices:
+            return []
+        class_name = self._class_name(owner.group)
+        is_embedding = self._looks_like_embedding(owner.group, class_name)
+        name = self._layer_name(owner.group)
+        qualified = self._qualified(owner.group)
+        found = []
+        for position, info in enumerate(matrices):
+            primary = position == 0 and is_embedding
+            if not primary and not all_weights:
+                continue
+            quantized, scale = (None, None)
+            if primary:
+                quantized, scale = self._quantization(owner, info, infos)
+            suffix = "" if position == 0 else f":{info.path.rsplit('/', 1)[-1]}"
+            found.append(
+                Table(
+                    name=name + suffix,
+                    qualified=qualified + suffix,
+                    class_name=class_name,
+                    shape=(info.shape[0], info.shape[1]),
+                    dtype=info.dtype,
+                    weight=info.path,
+                    quantized=quantized,
+                    scale=scale,
+                    is_embedding=primary,
+                    aliases=(owner.group,) if position == 0 else (),
+                    owner=owner.group,
+                )
+            )
+        return found
+
+    def _quantization(self, owner: _Owner, table, infos) -> tuple[str | None, str | None]:
+        if table.dtype not in ("int8", "uint8"):
+            return None, None
+        policy = json.dumps((self._config_layer(owner.group) or ConfigLayer("", "", (), {})).config.get("dtype"))
+        if "int4" in policy:
+            return "int4", None
+        rest = [i for i in infos if i.path != table.path]
+        if (
+            table.dtype == "int8"
+            and len(rest) == 1
+            and rest[0].shape == (table.shape[0],)
+            and rest[0].dtype.startswith(("float", "bfloat"))
+        ):
+            return "int8", rest[0].path
+        return "int4", None
+
+    def optimizer_slots(self, table: Table) -> list[str]:
+        slots = [
+            path
+            for path in self._location
+            if path.startswith(f"{OPTIMIZER_GROUP}/") and self.weight_info(path)[0] == table.shape
+        ]
+        if not slots:
+            return []
+        twins = [
+            path
+            for path in self._location
+            if not path.startswith(f"{OPTIMIZER_GROUP}/")
+            and path != table.weight
+            and self.weight_info(path)[0] == table.shape
+        ]
+        if twins:
+            raise UnsupportedEdit(
+                f"cannot tell which optimizer slots belong to {table.name}: "
+                f"{len(twins)} other weight(s) share its shape {table.shape}"
+            )
+        return sorted(slots, key=lambda p: vars_index(p.rsplit("/", 1)[-1]))
+
+    # Writing -------------------------------------------------------------------------
+
+    def plan_write(self, output, patches, in_place) -> WritePlan:
+        by_source: dict[str, list[tuple[int, bytes]]] = {}
+        checks: dict[str, list] = {}
+        for weight, (rows, values) in patches.items():
+            source, path = self._source(weight)
+            key = self._location[path]
+            by_source.setdefault(key, []).extend(source.patches(path, rows, values))
+            checks.setdefault(key, []).append((path, rows, values))
+        if self.kind == "archive":
+            return self._plan_archive(output, by_source.get("", []), checks.get("", []))
+        if self.kind == "weights":
+            plan = FilePlan(output, self.path, patches=by_source.get("", []),
+                            checks=checks.get("", []))
+            return WritePlan(output, [plan])
+        if self.kind == "folder":
+            return self._plan_folder(output, by_source.get("", []), checks.get("", []), in_place)
+        return self._plan_sharded(output, by_source, checks, in_place)
+
+    def _plan_archive(self, output, patches, checks) -> WritePlan:
+        info = self._member
+        if self._member_offset is None:
+            return WritePlan(output, [FilePlan(output, self.path, checks=checks,
+                                               rebuild=self._rebuild_archive(patches))])
+        fd = self._fd
+        crc_offsets = [info.header_offset + 14, self._central_entry_offset(info) + 16]
+        if info.flag_bits & 0x8:
+            end = self._member_offset + info.compress_size
+            signature = os.pread(fd, 4, end)
+            crc_offsets.append(end + 4 if signature == b"PK\x07\x08" else end)
+        member = ZipMemberChecksums(self._member_offset, info.file_size, info.CRC,
+                                    tuple(crc_offsets))
+        return WritePlan(output, [FilePlan(output, self.path, patches=patches,
+                                           zip_member=member, checks=checks)])
+
+    def _central_entry_offset(self, target: zipfile.ZipInfo) -> int:
+        archive = self._archive
+        position = archive.start_dir
+        for info in archive.infolist():
+            header = os.pread(self._fd, 46, position)
+            if header[:4] != b"PK\x01\x02":
+                raise MalformedFile(f"{self.path}: bad central directory")
+            if info is target:
+                return position
+            lengths = [int.from_bytes(header[i : i + 2], "little") for i in (28, 30, 32)]
+            position += 46 + sum(lengths)
+        raise MalformedFile(f"{self.path}: {target.filename} missing from the central directory")
+
+    def _rebuild_archive(self, patches):
+        """Write a copy of a compressed archive, re-compressing only the weights member."""
+
+        def write(target: Path) -> None:
+            spill = self._spill
+            with zipfile.ZipFile(target, "w") as out:
+                for info in self._archive.infolist():
+                    if info is self._member:
+                        with tempfile.TemporaryFile(prefix="embcli-") as edited:
+                            spill.seek(0)
+                            shutil.copyfileobj(spill, edited, 1 << 20)
+                            for offset, data in patches:
+                                edited.seek(offset)
+                                edited.write(data)
+                            edited.seek(0)
+                            with out.open(_copy_info(info), "w", force_zip64=info.file_size > 1 << 31) as dst:
+                                shutil.copyfileobj(edited, dst, 1 << 20)
+                    else:
+                        with self._archive.open(info) as src, out.open(_copy_info(info), "w") as dst:
+                            shutil.copyfileobj(src, dst, 1 << 20)
+
+        return write
+
+    def _plan_folder(self, output, patches, checks, in_place) -> WritePlan:
+        weights = FilePlan(output / WEIGHTS_FILENAME, self.path / WEIGHTS_FILENAME,
+                           patches=patches, checks=checks)
+        if in_place:
+            return WritePlan(output, [weights])
+        files = []
+        for source in sorted(self.path.rglob("*")):
+            if source.is_symlink():
+                raise UnsafeFile(f"{source}: symbolic links in a model folder are refused")
+            if source.is_file() and source.name != WEIGHTS_FILENAME or (
+                source.is_file() and source.parent != self.path
+            ):
+                files.append(FilePlan(output / source.relative_to(self.path), source))
+        return WritePlan(output, files + [weights], folder=output)
+
+    def _plan_sharded(self, output, by_source, checks, in_place) -> WritePlan:
+        if in_place:
+            plans = [
+                FilePlan(self.path.parent / key, self._sources[key].path,
+                         patches=by_source[key], checks=checks.get(key, []))
+                for key in by_source
+            ]
+            return WritePlan(output, plans)
+        if not output.name.endswith(".weights.json"):
+            raise UnsupportedEdit("a copy of sharded weights must be named *.weights.json")
+        renamed = {key: shard_rename(key, self.path.name, output.name, i)
+                   for i, key in enumerate(self._sources)}
+        plans = [
+            FilePlan(output.parent / renamed[key], source.path,
+                     patches=by_source.get(key, []), checks=checks.get(key, []))
+            for key, source in self._sources.items()
+        ]
+        index = dict(self._shard_map)
+        index[SHARD_MAP_KEY] = {
+            k: ([renamed[s] for s in v] if isinstance(v, list) else renamed.get(v, v))
+            for k, v in self._shard_map[SHARD_MAP_KEY].items()
+        }
+        plans.append(FilePlan(output, content=json.dumps(index, indent=4).encode()))
+        return WritePlan(output, plans)
+
+    def close(self) -> None:
+        for source in self._sources.values():
+            source.close()
+        self._sources = {}
+        if self._archive is not None:
+            self._archive.fp.close()
+            self._archive.close()
+            self._archive = None
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def shard_names(weight_map: dict) -> list[str]:
+    """The shard files a weight map names, in first-seen order; each must be a bare name."""
+    names: list[str] = []
+    for value in weight_map.values():
+        for name in value if isinstance(value, list) else [value]:
+            if not isinstance(name, str) or not re.fullmatch(r"[^/\\\x00]+", name) or name in (".", ".."):
+                raise UnsafeFile(f"shard index names an unsafe file: {name!r}")
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def shard_rename(shard: str, old_index: str, new_index: str, position: int) -> str:
+    """A shard's name for a copy whose index is `new_index`."""
+    old_stem = old_index[: -len(".weights.json")]
+    new_stem = new_index[: -len(".weights.json")]
+    if shard.startswith(old_stem + "_"):
+        return new_stem + shard[len(old_stem):]
+    return f"{new_stem}_{position:05d}.weights.h5"
+
+
+def _copy_info(info: zipfile.ZipInfo) -> zipfile.ZipInfo:
+    copy = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+    copy.compress_type = info.compress_type
+    copy.external_attr = info.external_attr
+    copy.comment = info.comment
+    copy.create_system = info.create_system
+    return copy
+
+
+def _read_small(path: Path, limit: int = 256 * 1024 * 1024) -> bytes:
+    if path.stat().st_size > limit:
+        raise UnsafeFile(f"{path} is larger than {limit} bytes")
+    return path.read_bytes()

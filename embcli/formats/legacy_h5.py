@@ -1,0 +1,191 @@
+"""Legacy HDF5 models and weights: Keras 2, tf.keras, tf_keras, and Keras 3's legacy writer.
+
+A full model keeps its config in the root attribute `model_config` and its weights under
+`model_weights/<layer>/`; a weights-only file has the same tree at its root. Each layer
+group lists its weights, in order, in the attribute `weight_names` (Keras 2 names end in
+`:0`). A nested model's weights sit under the outer layer's group, named by the inner
+layer: `model_weights/tower/inner_emb/embeddings:0`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from embcli.errors import MalformedFile, UnsupportedEdit
+from embcli.formats.base import (
+    EMBEDDING_SUFFIX,
+    EMBEDDING_VARIABLE,
+    FilePlan,
+    H5Source,
+    ModelFile,
+    Table,
+    WritePlan,
+    numpy_dtype,
+)
+from embcli.formats.naming import walk_config_layers
+from embcli.guarded import parse_json, read_attr_list, read_attr_text
+
+MODEL_WEIGHTS_GROUP = "model_weights"
+OPTIMIZER_WEIGHTS_GROUP = "optimizer_weights"
+MODEL_CONFIG_ATTRIBUTE = "model_config"
+LAYER_NAMES_ATTRIBUTE = "layer_names"
+WEIGHT_NAMES_ATTRIBUTE = "weight_names"
+SCALE_VARIABLE = "embeddings_scale"
+
+
+def variable_name(weight_name: str) -> str:
+    """`word_emb/embeddings:0` -> `word_emb/embeddings`."""
+    return weight_name[:-2] if weight_name.endswith(":0") else weight_name
+
+
+class LegacyH5File(ModelFile):
+    """A legacy Keras HDF5 model or weights file."""
+
+    format_name = "legacy h5"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._source = H5Source(path)
+        try:
+            self._read_layout()
+        except BaseException:
+            self._source.close()
+            raise
+
+    def _read_layout(self) -> None:
+        handle = self._source.handle
+        config_text = read_attr_text(handle, MODEL_CONFIG_ATTRIBUTE)
+        self._config = parse_json(config_text, f"{self.path}: model_config") if config_text else None
+        if self._config is not None and not isinstance(self._config, dict):
+            raise MalformedFile(f"{self.path}: model_config is not a JSON object")
+        self._base = MODEL_WEIGHTS_GROUP if MODEL_WEIGHTS_GROUP in self._source.index.groups else ""
+        root = handle[self._base] if self._base else handle
+        layer_names = read_attr_list(root, LAYER_NAMES_ATTRIBUTE)
+        if layer_names is None:
+            raise MalformedFile(f"{self.path}: no {LAYER_NAMES_ATTRIBUTE} attribute")
+        self._layers: list[tuple[str, list[str]]] = []
+        for layer in layer_names:
+            group_path = self._join(layer)
+            if group_path not in self._source.index.groups:
+                raise MalformedFile(f"{self.path}: layer group {layer!r} is missing")
+            weights = read_attr_list(handle[group_path], WEIGHT_NAMES_ATTRIBUTE) or []
+            for weight in weights:
+                if self._join(layer, weight) not in self._source.index.datasets:
+                    raise MalformedFile(f"{self.path}: weight {layer}/{weight} is missing")
+            self._layers.append((layer, weights))
+        self._classes: dict[tuple[str, ...], str] = {}
+        for entry in walk_config_layers(self._config) if self._config else []:
+            self._classes[entry.path] = entry.class_name
+
+    def _join(self, *parts: str) -> str:
+        return "/".join(p for p in (self._base, *parts) if p)
+
+    def config(self) -> dict | None:
+        return self._config
+
+    def _class_of(self, outer: str, inner_path: tuple[str, ...]) -> str | None:
+        path = (outer, *inner_path) if inner_path and inner_path[0] != outer else (outer,)
+        if path in self._classes:
+            return self._classes[path]
+        matches = {cls for p, cls in self._classes.items() if p[-1] == path[-1]}
+        return matches.pop() if len(matches) == 1 else None
+
+    def tables(self, all_weights: bool = False) -> list[Table]:
+        found = []
+        index = self._source.index.datasets
+        for layer, weights in self._layers:
+            by_owner: dict[tuple[str, ...], list[str]] = {}
+            for weight in weights:
+                parts = tuple(variable_name(weight).split("/"))
+                owner = parts[:-1] if len(parts) > 1 else (layer,)
+                by_owner.setdefault(owner, []).append(weight)
+            for owner, owner_weights in by_owner.items():
+                found.extend(self._owner_tables(layer, owner, owner_weights, index, all_weights))
+        return found
+
+    def _owner_tables(self, layer, owner, weights, index, all_weights) -> list[Table]:
+        infos = {w: index[self._join(layer, w)] for w in weights}
+        matrices = [w for w in weights if len(infos[w].shape) == 2]
+        if not matrices:
+            return []
+        inner_path = owner if owner[0] == layer else (layer, *owner)
+        class_name = self._class_of(layer, inner_path)
+        leaf = lambda w: variable_name(w).rsplit("/", 1)[-1]  # noqa: E731
+        named = [w for w in matrices if leaf(w) == EMBEDDING_VARIABLE]
+        primary = named[0] if named else matrices[0]
+        is_embedding = (
+            class_name.endswith(EMBEDDING_SUFFIX) if class_name else primary in named
+        )
+        name = inner_path[-1]
+        qualified = "/".join(dict.fromkeys(inner_path))
+        found = []
+        for weight in [primary] + [w for w in matrices if w != primary]:
+            is_primary = weight == primary and is_embedding
+            if not is_primary and not all_weights:
+                continue
+            info = infos[weight]
+            quantized = scale = None
+            if is_primary and info.dtype == "int8":
+                scales = [w for w in weights if leaf(w) == SCALE_VARIABLE]
+                quantized = "int8" if scales else "int4"
+                scale = self._join(layer, scales[0]) if scales else None
+            suffix = "" if weight == primary else f":{leaf(weight)}"
+            found.append(
+                Table(
+                    name=name + suffix,
+                    qualified=qualified + suffix,
+                    class_name=class_name,
+                    shape=(info.shape[0], info.shape[1]),
+                    dtype=info.dtype,
+                    weight=info.path,
+                    quantized=quantized,
+                    scale=scale,
+                    is_embedding=is_primary,
+                    aliases=(variable_name(weight),),
+                    owner=variable_name(weight),
+                )
+            )
+        return found
+
+    def weight_info(self, weight: str) -> tuple[tuple[int, ...], np.dtype]:
+        info = self._source.info(weight)
+        return info.shape, numpy_dtype(info)
+
+    def read(self, weight: str, rows: slice | np.ndarray) -> np.ndarray:
+        return self._source.read(weight, rows)
+
+    def optimizer_slots(self, table: Table) -> list[str]:
+        datasets = self._source.index.datasets
+        candidates = [
+            path for path, info in datasets.items()
+            if path.startswith(OPTIMIZER_WEIGHTS_GROUP + "/") and info.shape == table.shape
+        ]
+        by_name = [p for p in candidates if f"/{table.owner}/" in f"/{p}/" or f"/{table.owner}:" in f"/{p}"]
+        if by_name:
+            return sorted(by_name)
+        if not candidates:
+            return []
+        twins = [
+            path for path, info in datasets.items()
+            if not path.startswith(OPTIMIZER_WEIGHTS_GROUP + "/")
+            and path != table.weight and info.shape == table.shape
+        ]
+        if twins:
+            raise UnsupportedEdit(
+                f"cannot tell which optimizer slots belong to {table.name}: "
+                f"{len(twins)} other weight(s) share its shape {table.shape}"
+            )
+        return sorted(candidates)
+
+    def plan_write(self, output, patches, in_place) -> WritePlan:
+        edits: list[tuple[int, bytes]] = []
+        checks = []
+        for weight, (rows, values) in patches.items():
+            edits.extend(self._source.patches(weight, rows, values))
+            checks.append((weight, rows, values))
+        return WritePlan(output, [FilePlan(output, self.path, patches=edits, checks=checks)])
+
+    def close(self) -> None:
+        self._source.close()

@@ -1,0 +1,204 @@
+"""Open any supported artifact by its content, and work with its tables.
+
+`open_model(path)` returns a `ModelFile` from the matching format module. The functions
+here sit on top of that interface: naming tables uniquely, finding one by `--layer`, and
+reading rows as the model computes with them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import ml_dtypes
+import numpy as np
+
+from embcli.errors import (
+    AmbiguousTable,
+    MalformedFile,
+    NoSuchTable,
+    UnsupportedEdit,
+    UnsupportedFormat,
+)
+from embcli.formats.base import ModelFile, Table
+from embcli.guarded import HDF5_SIGNATURE, ZIP_EMPTY_SIGNATURE, ZIP_SIGNATURE, sniff
+
+BLOCK_BYTES = 32 * 1024 * 1024
+TF_INDEX_SUFFIX = ".index"
+SAVED_MODEL_FILENAME = "saved_model.pb"
+LEGACY_ROOT_MARKERS = ("model_weights", "layer_names", "model_config", "keras_version")
+
+
+def detect_format(path: Path) -> str:
+    """Name the artifact kind from what the path holds, not only from its name."""
+    if not path.exists() and Path(str(path) + TF_INDEX_SUFFIX).is_file():
+        return "checkpoint"
+    if not path.exists():
+        raise UnsupportedFormat(f"{path}: no such file or folder")
+    if path.is_dir():
+        if (path / SAVED_MODEL_FILENAME).is_file():
+            return "savedmodel"
+        if (path / "model.weights.h5").exists() or (path / "config.json").is_file():
+            return "keras-folder"
+        if (path / "checkpoint").is_file():
+            return "checkpoint"
+        raise UnsupportedFormat(f"{path}: a folder that holds no Keras or TensorFlow model")
+    head = sniff(path)
+    if not head:
+        raise MalformedFile(f"{path}: the file is empty")
+    if head.startswith(ZIP_SIGNATURE) or head.startswith(ZIP_EMPTY_SIGNATURE):
+        return "keras-archive"
+    if head.startswith(HDF5_SIGNATURE) or _hdf5_after_userblock(path):
+        return _hdf5_kind(path)
+    if head.lstrip()[:1] == b"{":
+        return "keras-sharded"
+    if path.name.endswith(TF_INDEX_SUFFIX) or ".data-" in path.name:
+        return "checkpoint"
+    raise UnsupportedFormat(f"{path}: not a Keras or TensorFlow model file")
+
+
+def _hdf5_after_userblock(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        for offset in (512, 1024, 2048, 4096):
+            fh.seek(offset)
+            if fh.read(8) == HDF5_SIGNATURE:
+                return True
+    return False
+
+
+def _hdf5_kind(path: Path) -> str:
+    try:
+        with h5py.File(path, "r", locking=False) as handle:
+            attributes = set(handle.attrs.keys())
+            members = set(handle.keys())
+    except (OSError, ValueError) as exc:
+        raise MalformedFile(f"{path}: not a readable HDF5 file ({exc})") from None
+    if (attributes | members) & set(LEGACY_ROOT_MARKERS):
+        return "legacy-h5"
+    return "keras-weights"
+
+
+def open_model(path: str | os.PathLike) -> ModelFile:
+    """Open a model artifact read-only. Raises an `EmbcliError` for anything unusable."""
+    path = Path(path)
+    kind = detect_format(path)
+    if kind.startswith("keras-"):
+        from embcli.formats.keras3 import Keras3File
+
+        return Keras3File(path, kind.removeprefix("keras-"))
+    if kind == "legacy-h5":
+        from embcli.formats.legacy_h5 import LegacyH5File
+
+        return LegacyH5File(path)
+    from embcli.formats.tensorflow import open_tensorflow
+
+    return open_tensorflow(path, kind)
+
+
+def list_tables(model: ModelFile, all_weights: bool = False) -> list[Table]:
+    """The model's tables, each with a name unique among them.
+
+    A table keeps its layer's own name unless another table shares it; then both are
+    named by their qualified `outer/inner` path, or failing that by their weight path.
+    """
+    tables = model.tables(all_weights=True)
+    counts: dict[str, int] = {}
+    for table in tables:
+        counts[table.name] = counts.get(table.name, 0) + 1
+    qualified_counts: dict[str, int] = {}
+    for table in tables:
+        qualified_counts[table.qualified] = qualified_counts.get(table.qualified, 0) + 1
+    named = []
+    for table in tables:
+        if counts[table.name] > 1:
+            unique_qualified = qualified_counts[table.qualified] == 1
+            table = table.renamed(table.qualified if unique_qualified else table.weight)
+        named.append(table)
+    return [t for t in named if all_weights or t.is_embedding]
+
+
+def _keys(table: Table) -> set[str]:
+    keys = {table.name, table.qualified, table.weight, *table.aliases}
+    return keys | {"/" + k for k in keys if not k.startswith("/")}
+
+
+def find_table(model: ModelFile, name: str | None) -> Table:
+    """The table `--layer NAME` means: a layer name, `outer/inner` path, or weight path."""
+    tables = list_tables(model, all_weights=True)
+    embeddings = [t for t in tables if t.is_embedding]
+    if name is None:
+        if len(embeddings) == 1:
+            return embeddings[0]
+        if not embeddings:
+            raise NoSuchTable(
+                "the model holds no embedding table; use --all with `layers` to see its "
+                "2-D weights and pick one with --layer"
+            )
+        raise AmbiguousTable(
+            "the model holds several tables; choose one with --layer: "
+            + ", ".join(t.name for t in embeddings)
+        )
+    matches = [t for t in tables if name in _keys(t)]
+    if len(matches) == 1:
+        return matches[0]
+    exact = [t for t in matches if t.name == name]
+    if len(exact) == 1:
+        return exact[0]
+    if matches:
+        raise AmbiguousTable(
+            f"{name!r} names several tables: " + ", ".join(t.qualified for t in matches)
+        )
+    candidates = ", ".join(t.name for t in (embeddings or tables)) or "none"
+    raise NoSuchTable(f"no table named {name!r}; tables: {candidates}")
+
+
+def decode(model: ModelFile, table: Table, stored: np.ndarray, rows: slice | np.ndarray,
+           raw: bool = False) -> np.ndarray:
+    """The values the model computes with, from stored values of `rows`.
+
+    bfloat16 widens to float32 (exactly); int8-quantized tables are divided by their
+    per-row scale, as Keras does. `raw` keeps stored integers as they are.
+    """
+    if stored.dtype == ml_dtypes.bfloat16:
+        return stored.astype(np.float32)
+    if raw or table.quantized is None:
+        return stored
+    if table.quantized != "int8" or table.scale is None:
+        raise UnsupportedEdit(
+            f"{table.name} is {table.quantized}-quantized; embcli reads its stored values "
+            "only with --raw"
+        )
+    scale = model.read(table.scale, rows)
+    if scale.dtype == ml_dtypes.bfloat16:
+        scale = scale.astype(np.float32)
+    return stored.astype(np.float32) / scale.astype(np.float32)[:, None]
+
+
+def read_rows(model: ModelFile, table: Table, indices: np.ndarray, raw: bool = False) -> np.ndarray:
+    """Rows in the order given (repeats allowed), decoded as `decode` says."""
+    indices = np.asarray(indices, dtype=np.int64)
+    unique, inverse = np.unique(indices, return_inverse=True)
+    values = decode(model, table, model.read(table.weight, unique), unique, raw)
+    return values[inverse]
+
+
+def block_rows(table: Table, block_bytes: int = BLOCK_BYTES) -> int:
+    return max(1, block_bytes // max(1, table.dim * 4))
+
+
+def iter_blocks(model: ModelFile, table: Table, raw: bool = False,
+                block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, np.ndarray]]:
+    """`(first_row, values)` over the whole table, a bounded block at a time."""
+    step = block_rows(table, block_bytes)
+    for start in range(0, table.rows, step):
+        window = slice(start, min(start + step, table.rows))
+        yield start, decode(model, table, model.read(table.weight, window), window, raw)
+
+
+def computed_dtype(table: Table, raw: bool = False) -> np.dtype:
+    """The dtype `decode` returns for a table."""
+    if table.dtype == "bfloat16" or (table.quantized == "int8" and not raw):
+        return np.dtype(np.float32)
+    return np.dtype(table.dtype)

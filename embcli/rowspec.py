@@ -1,0 +1,64 @@
+"""Row specifications: `12`, `-1`, `10:20`, `0:100:10`, and comma-separated lists of them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import numpy as np
+
+from embcli.errors import BadRowSpec
+
+_INDEX = re.compile(r"^[+-]?\d+$")
+_SLICE = re.compile(r"^([+-]?\d+)?:([+-]?\d+)?(?::([+-]?\d+)?)?$")
+
+
+def split_specs(specs: Iterable[str]) -> list[str]:
+    """Split each spec on commas and drop empty parts: `["1,2", "5:7"]` -> `["1", "2", "5:7"]`."""
+    parts: list[str] = []
+    for spec in specs:
+        parts.extend(p.strip() for p in spec.split(",") if p.strip())
+    return parts
+
+
+def parse_one(part: str, nrows: int) -> np.ndarray:
+    """Resolve one index or slice against a table of `nrows` rows.
+
+    Indices follow Python: `-1` is the last row, and an index outside the table is an
+    error. Slices follow Python too, so `0:100` on a 50-row table means rows 0 to 49.
+    """
+    part = part.strip()
+    if _INDEX.match(part):
+        index = int(part)
+        resolved = index + nrows if index < 0 else index
+        if not 0 <= resolved < nrows:
+            raise BadRowSpec(f"row {index} is out of range for a table of {nrows} rows")
+        return np.array([resolved], dtype=np.int64)
+    match = _SLICE.match(part)
+    if match:
+        start, stop, step = (int(g) if g is not None else None for g in match.groups())
+        if step == 0:
+            raise BadRowSpec(f"slice step cannot be zero: {part!r}")
+        return np.arange(nrows, dtype=np.int64)[slice(start, stop, step)]
+    raise BadRowSpec(f"not a row index or slice: {part!r} (use 12, -1, 10:20 or 0:100:10)")
+
+
+def parse_rows(specs: Iterable[str], nrows: int, *, unique: bool = False) -> np.ndarray:
+    """Resolve row specs to an array of row indices, in the order given.
+
+    Args:
+        specs: indices and slices; each item may hold several, separated by commas.
+        nrows: the table's row count.
+        unique: refuse a row named twice (as `assign` must).
+    """
+    parts = split_specs(specs)
+    if not parts:
+        raise BadRowSpec("no rows given")
+    indices = np.concatenate([parse_one(p, nrows) for p in parts])
+    if unique:
+        values, counts = np.unique(indices, return_counts=True)
+        repeated = values[counts > 1]
+        if repeated.size:
+            shown = ", ".join(str(int(r)) for r in repeated[:10])
+            raise BadRowSpec(f"rows given more than once: {shown}")
+    return indices
