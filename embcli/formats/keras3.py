@@ -293,7 +293,7 @@ class Keras3File(ModelFile):
         if known is not None:
             return known.class_name
         parts = group.split("/")
-        if len(parts) >= 2 and parts[-2] in _CONTAINER_PARTS:
+        if len(parts) >= 2 and self._is_container("/".join(parts[:-1])):
             return snake_to_class(parts[-1])
         if len(parts) >= 2:
             parent = "/".join(parts[:-1])
@@ -307,11 +307,28 @@ class Keras3File(ModelFile):
                 return snake_to_class(auto.group(1))
         return None
 
-    def _looks_like_embedding(self, group: str, class_name: str | None) -> bool:
+    def _is_container(self, group: str) -> bool:
+        """Whether a group holds a list of objects, whose names Keras derives from their
+        classes: `layers`, or a list attribute of a custom layer (a group with no vars)."""
+        last = group.rsplit("/", 1)[-1]
+        return last in _CONTAINER_PARTS or (bool(group) and group not in self._owners)
+
+    def _looks_like_embedding(self, owner: _Owner, class_name: str | None, infos) -> bool:
+        """Whether a layer is a table. Without its class (a sublayer kept as an attribute
+        of a custom layer), a layer whose only weight is one matrix, or an int8 matrix
+        with its per-row scale, is taken for one, as is an attribute named *embedding."""
         if class_name is not None:
             return class_name.endswith(EMBEDDING_SUFFIX)
-        attribute = group.rsplit("/", 1)[-1]
-        return bool(re.search(r"(^|_)(embedding|embeddings)$", attribute))
+        attribute = owner.group.rsplit("/", 1)[-1]
+        if re.search(r"(^|_)(embedding|embeddings)$", attribute):
+            return True
+        shapes = [info.shape for info in infos]
+        if len(shapes) == 1 and len(shapes[0]) == 2:
+            return True
+        return (
+            len(shapes) == 2 and len(shapes[0]) == 2 and infos[0].dtype == "int8"
+            and shapes[1] == (shapes[0][0],)
+        )
 
     def _owner_tables(self, owner: _Owner, all_weights: bool) -> list[Table]:
         infos = [self._source(path)[0].info(path) for path in owner.datasets]
@@ -319,7 +336,7 @@ class Keras3File(ModelFile):
         if not matrices:
             return []
         class_name = self._class_name(owner.group)
-        is_embedding = self._looks_like_embedding(owner.group, class_name)
+        is_embedding = self._looks_like_embedding(owner, class_name, infos)
         name = self._layer_name(owner.group)
         qualified = self._qualified(owner.group)
         found = []

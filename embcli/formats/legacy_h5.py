@@ -85,8 +85,7 @@ class LegacyH5File(ModelFile):
     def config(self) -> dict | None:
         return self._config
 
-    def _class_of(self, outer: str, inner_path: tuple[str, ...]) -> str | None:
-        path = (outer, *inner_path) if inner_path and inner_path[0] != outer else (outer,)
+    def _class_of(self, path: tuple[str, ...]) -> str | None:
         if path in self._classes:
             return self._classes[path]
         matches = {cls for p, cls in self._classes.items() if p[-1] == path[-1]}
@@ -111,7 +110,7 @@ class LegacyH5File(ModelFile):
         if not matrices:
             return []
         inner_path = owner if owner[0] == layer else (layer, *owner)
-        class_name = self._class_of(layer, inner_path)
+        class_name = self._class_of(inner_path)
         leaf = lambda w: variable_name(w).rsplit("/", 1)[-1]  # noqa: E731
         named = [w for w in matrices if leaf(w) == EMBEDDING_VARIABLE]
         primary = named[0] if named else matrices[0]
@@ -162,7 +161,7 @@ class LegacyH5File(ModelFile):
             path for path, info in datasets.items()
             if path.startswith(OPTIMIZER_WEIGHTS_GROUP + "/") and info.shape == table.shape
         ]
-        by_name = [p for p in candidates if f"/{table.owner}/" in f"/{p}/" or f"/{table.owner}:" in f"/{p}"]
+        by_name = [p for p in candidates if _names_variable(p, table.owner)]
         if by_name:
             return sorted(by_name)
         if not candidates:
@@ -189,3 +188,12 @@ class LegacyH5File(ModelFile):
 
     def close(self) -> None:
         self._source.close()
+
+
+def _names_variable(slot: str, variable: str) -> bool:
+    """Whether an optimizer slot's path names a variable: tf_keras writes
+    `Adam/m/word_emb/embeddings:0`, Keras 3 `adam/word_emb_embeddings_momentum`."""
+    if f"/{variable}:" in f"/{slot}" or f"/{variable}/" in f"/{slot}/":
+        return True
+    leaf = slot.rsplit("/", 1)[-1]
+    return leaf.startswith(variable.replace("/", "_") + "_")
