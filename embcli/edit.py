@@ -46,6 +46,8 @@ def cast_values(values: np.ndarray, dtype: np.dtype, *, allow_lossy: bool = Fals
     overflows to infinity, or a fraction or out-of-range number into an integer dtype,
     is lossy.
     """
+    if values.dtype in (ml_dtypes.bfloat16, np.dtype(ml_dtypes.bfloat16)):
+        values = values.astype(np.float32)
     if values.dtype.kind not in "fiub":
         raise BadVectors(f"vectors of dtype {values.dtype} are not numbers")
     finite = np.isfinite(values) if values.dtype.kind == "f" else np.ones(values.shape, bool)
