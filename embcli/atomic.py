@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import signal
-import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def remove_stale_temporaries(folder: Path) -> None:
     for entry in entries:
         if not entry.name.startswith(TEMP_PREFIX) or entry.is_symlink() or not entry.is_dir():
             continue
-        pid_text = entry.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        pid_text = entry.name[len(TEMP_PREFIX) :].split("-", 1)[0]
         if pid_text.isdigit() and not _process_alive(int(pid_text)):
             shutil.rmtree(entry, ignore_errors=True)
 
@@ -138,10 +137,14 @@ def execute(plan: WritePlan, verify: Callable[[Path, list], None]) -> None:
                 verify(temp, item.checks)
             staged.append((temp, target))
         if plan.folder is not None:
-            _replace_folder(folder / plan.folder.absolute().relative_to(root), plan.folder.absolute(), folder)
+            _replace_folder(
+                folder / plan.folder.absolute().relative_to(root), plan.folder.absolute(), folder
+            )
         else:
             for temp, target in staged:
                 os.replace(temp, target)
+            for path in plan.remove:
+                path.unlink(missing_ok=True)
             for parent in {target.parent for _, target in staged}:
                 fsync_dir(parent)
 
@@ -200,7 +203,10 @@ def _patch(item: FilePlan, temp: Path) -> None:
         if member is not None and changes:
             inside = []
             for offset, old, new in changes:
-                if offset < member.data_offset or offset + len(new) > member.data_offset + member.size:
+                if (
+                    offset < member.data_offset
+                    or offset + len(new) > member.data_offset + member.size
+                ):
                     raise VerificationFailed("a patch falls outside the archive member it edits")
                 inside.append((offset - member.data_offset, old, new))
             crc = patched_crc32(member.crc, member.size, inside).to_bytes(4, "little")
@@ -217,8 +223,8 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     """Equal bit for bit (so NaN equals the same NaN)."""
     a = np.ascontiguousarray(a)
     b = np.ascontiguousarray(b)
-    return a.shape == b.shape and a.dtype.itemsize == b.dtype.itemsize and bytes(a.view(np.uint8)) == bytes(b.view(np.uint8))
-
-
-def is_writable_mode(path: Path) -> bool:
-    return bool(path.stat().st_mode & stat.S_IWUSR)
+    return (
+        a.shape == b.shape
+        and a.dtype.itemsize == b.dtype.itemsize
+        and bytes(a.view(np.uint8)) == bytes(b.view(np.uint8))
+    )

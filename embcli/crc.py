@@ -62,13 +62,14 @@ def patched_crc32(old_crc: int, length: int, changes: Iterable[tuple[int, bytes,
     for position, old, new in changes:
         if len(old) != len(new) or position < 0 or position + len(new) > length:
             raise ValueError("a change must replace bytes inside the message with as many")
-        delta = bytes(x ^ y for x, y in zip(old, new)) if len(old) < 4096 else _xor(old, new)
+        delta = _xor(old, new)
         register = zlib.crc32(delta) ^ zlib.crc32(bytes(len(delta)))
         crc ^= _multmodp(_x8n(length - position - len(delta)), register)
     return crc
 
 
 def _xor(old: bytes, new: bytes) -> bytes:
+    """Byte-wise XOR of two equal-length byte strings."""
     return (int.from_bytes(old, "little") ^ int.from_bytes(new, "little")).to_bytes(
         len(old), "little"
     )

@@ -10,13 +10,16 @@ import ml_dtypes
 import numpy as np
 
 from embcli import atomic
-from embcli.errors import BadVectors, LossyCast, UnsupportedEdit, VerificationFailed
+from embcli.errors import BadVectors, LossyCast, OutputExists, UnsupportedEdit, VerificationFailed
 from embcli.formats.base import ModelFile, Table
 
 QUANTIZE_RANGE = 127
 QUANTIZE_EPSILON = 1e-7
-OUTPUT_SUFFIXES = {"keras archive": ".keras", "keras weights": ".weights.h5",
-                   "keras sharded weights": ".weights.json"}
+OUTPUT_SUFFIXES = {
+    "keras archive": ".keras",
+    "keras weights": ".weights.h5",
+    "keras sharded weights": ".weights.json",
+}
 
 
 @dataclass
@@ -38,8 +41,9 @@ def quantize_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return quantized.astype(np.int8), scale[:, 0].astype(np.float32)
 
 
-def cast_values(values: np.ndarray, dtype: np.dtype, *, allow_lossy: bool = False,
-                allow_nonfinite: bool = False) -> np.ndarray:
+def cast_values(
+    values: np.ndarray, dtype: np.dtype, *, allow_lossy: bool = False, allow_nonfinite: bool = False
+) -> np.ndarray:
     """Cast new values to a table's stored dtype, refusing NaN/Inf and lossy casts.
 
     Rounding to the nearest value of a float dtype is expected; a finite value that
@@ -56,7 +60,9 @@ def cast_values(values: np.ndarray, dtype: np.dtype, *, allow_lossy: bool = Fals
         raise BadVectors(f"{bad} vector(s) hold NaN or Inf; use --allow-nonfinite to write them")
     dtype = np.dtype(dtype)
     if dtype.kind in "iu":
-        if values.dtype.kind == "f" and not np.array_equal(values[finite], np.round(values[finite])):
+        if values.dtype.kind == "f" and not np.array_equal(
+            values[finite], np.round(values[finite])
+        ):
             raise LossyCast(f"values with fractions cannot be stored as {dtype}")
         info = np.iinfo(dtype)
         if values.size and (values.min() < info.min or values.max() > info.max):
@@ -92,9 +98,16 @@ def output_suffix_problem(model: ModelFile, output: Path) -> str | None:
     return None
 
 
-def plan_patches(model: ModelFile, table: Table, rows: np.ndarray, values: np.ndarray, *,
-                 allow_lossy: bool = False, allow_nonfinite: bool = False,
-                 reset_optimizer_rows: bool = False) -> tuple[dict, list[str]]:
+def plan_patches(
+    model: ModelFile,
+    table: Table,
+    rows: np.ndarray,
+    values: np.ndarray,
+    *,
+    allow_lossy: bool = False,
+    allow_nonfinite: bool = False,
+    reset_optimizer_rows: bool = False,
+) -> tuple[dict, list[str]]:
     """The stored values to write, keyed by weight: `{weight: (rows, values)}`."""
     check_shape(values, table, len(rows))
     patches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -105,11 +118,15 @@ def plan_patches(model: ModelFile, table: Table, rows: np.ndarray, values: np.nd
         patches[table.weight] = (rows, quantized)
         patches[table.scale] = (rows, cast_values(scale, scale_dtype, allow_lossy=allow_lossy))
     elif table.quantized is not None:
-        raise UnsupportedEdit(f"{table.name} is {table.quantized}-quantized; embcli cannot requantize it")
+        raise UnsupportedEdit(
+            f"{table.name} is {table.quantized}-quantized; embcli cannot requantize it"
+        )
     else:
         _, dtype = model.weight_info(table.weight)
-        patches[table.weight] = (rows, cast_values(values, dtype, allow_lossy=allow_lossy,
-                                                   allow_nonfinite=allow_nonfinite))
+        patches[table.weight] = (
+            rows,
+            cast_values(values, dtype, allow_lossy=allow_lossy, allow_nonfinite=allow_nonfinite),
+        )
     slots: list[str] = []
     if reset_optimizer_rows:
         slots = model.optimizer_slots(table)
@@ -133,9 +150,19 @@ def verify_file(path: Path, checks: list) -> None:
                 raise VerificationFailed(f"{weight}: the written rows do not read back as intended")
 
 
-def assign(model: ModelFile, table: Table, rows: np.ndarray, values: np.ndarray, output: Path, *,
-           in_place: bool = False, force: bool = False, allow_lossy: bool = False,
-           allow_nonfinite: bool = False, reset_optimizer_rows: bool = False) -> AssignResult:
+def assign(
+    model: ModelFile,
+    table: Table,
+    rows: np.ndarray,
+    values: np.ndarray,
+    output: Path,
+    *,
+    in_place: bool = False,
+    force: bool = False,
+    allow_lossy: bool = False,
+    allow_nonfinite: bool = False,
+    reset_optimizer_rows: bool = False,
+) -> AssignResult:
     """Write a copy of `model` at `output` (or over itself) with `rows` of `table` replaced."""
     if not in_place:
         atomic.check_output(output, force)
@@ -143,9 +170,18 @@ def assign(model: ModelFile, table: Table, rows: np.ndarray, values: np.ndarray,
         if problem:
             raise UnsupportedEdit(problem)
     patches, slots = plan_patches(
-        model, table, np.asarray(rows, dtype=np.int64), values, allow_lossy=allow_lossy,
-        allow_nonfinite=allow_nonfinite, reset_optimizer_rows=reset_optimizer_rows,
+        model,
+        table,
+        np.asarray(rows, dtype=np.int64),
+        values,
+        allow_lossy=allow_lossy,
+        allow_nonfinite=allow_nonfinite,
+        reset_optimizer_rows=reset_optimizer_rows,
     )
     plan = model.plan_write(output, patches, in_place)
+    if not in_place and not force:
+        for item in plan.files:
+            if item.target.exists():
+                raise OutputExists(f"{item.target} exists; use --force to replace it")
     atomic.execute(plan, verify_file)
     return AssignResult(table, len(rows), output, slots)

@@ -30,8 +30,10 @@ ZIP_EMPTY_SIGNATURE = b"PK\x05\x06"
 MAX_H5_OBJECTS = 1_000_000
 MAX_H5_DEPTH = 64
 MAX_ZIP_MEMBERS = 100_000
+MAX_FOLDER_ENTRIES = 100_000
 MAX_JSON_BYTES = 256 * 1024 * 1024
 MAX_DEFLATE_RATIO = 1100
+MAX_INFLATED_BYTES = 4 * 1024**3
 SHAPE_BOMB_FLOOR = 1024 * 1024
 MAX_DIMS = 8
 
@@ -82,11 +84,10 @@ class FileWindow(io.RawIOBase):
         count = max(0, min(len(view), self._size - self._pos))
         done = 0
         while done < count:
-            chunk = os.pread(self._fd, count - done, self._offset + self._pos + done)
-            if not chunk:
+            got = os.preadv(self._fd, [view[done:count]], self._offset + self._pos + done)
+            if got <= 0:
                 break
-            view[done : done + len(chunk)] = chunk
-            done += len(chunk)
+            done += got
         self._pos += done
         return done
 
@@ -264,6 +265,7 @@ def check_archive(archive: zipfile.ZipFile, archive_size: int) -> None:
     if len(members) > MAX_ZIP_MEMBERS:
         raise UnsafeFile(f"archive has {len(members)} members")
     names: set[str] = set()
+    inflated = 0
     for info in members:
         name = info.filename
         if not _is_safe_member_name(name):
@@ -283,6 +285,28 @@ def check_archive(archive: zipfile.ZipFile, archive_size: int) -> None:
             raise MalformedFile(f"archive member {name!r} has inconsistent sizes")
         if info.file_size > MAX_DEFLATE_RATIO * max(info.compress_size, 1):
             raise UnsafeFile(f"archive member {name!r} declares an impossible size (zip bomb)")
+        if info.compress_type != zipfile.ZIP_STORED:
+            inflated += info.file_size
+            if inflated > MAX_INFLATED_BYTES:
+                raise UnsafeFile(
+                    f"archive members inflate to more than {MAX_INFLATED_BYTES} bytes (zip bomb)"
+                )
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse a model folder holding symbolic links or anything but files and folders."""
+    count = 0
+    for parent, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            count += 1
+            if count > MAX_FOLDER_ENTRIES:
+                raise UnsafeFile(f"{folder} holds more than {MAX_FOLDER_ENTRIES} entries")
+            path = os.path.join(parent, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                raise UnsafeFile(f"{path}: symbolic links in a model folder are refused")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise UnsafeFile(f"{path}: not a regular file")
 
 
 def member_data_offset(fd: int, info: zipfile.ZipInfo) -> int:
@@ -293,7 +317,9 @@ def member_data_offset(fd: int, info: zipfile.ZipInfo) -> int:
     name_length = int.from_bytes(header[26:28], "little")
     extra_length = int.from_bytes(header[28:30], "little")
     local_name = os.pread(fd, name_length, info.header_offset + _LOCAL_HEADER_SIZE)
-    if local_name.decode("utf-8", "replace") != info.filename and local_name != info.orig_filename.encode("cp437", "replace"):
+    if local_name.decode(
+        "utf-8", "replace"
+    ) != info.filename and local_name != info.orig_filename.encode("cp437", "replace"):
         raise UnsafeFile(f"archive member {info.filename!r}: local and central names differ")
     return info.header_offset + _LOCAL_HEADER_SIZE + name_length + extra_length
 

@@ -28,6 +28,7 @@ from embcli.guarded import HDF5_SIGNATURE, ZIP_EMPTY_SIGNATURE, ZIP_SIGNATURE, s
 BLOCK_BYTES = 32 * 1024 * 1024
 TF_INDEX_SUFFIX = ".index"
 SAVED_MODEL_FILENAME = "saved_model.pb"
+TF_CHECKPOINT_STATE = "checkpoint"
 LEGACY_ROOT_MARKERS = ("model_weights", "layer_names", "model_config", "keras_version")
 
 
@@ -42,7 +43,7 @@ def detect_format(path: Path) -> str:
             return "savedmodel"
         if (path / "model.weights.h5").exists() or (path / "config.json").is_file():
             return "keras-folder"
-        if (path / "checkpoint").is_file():
+        if (path / TF_CHECKPOINT_STATE).is_file():
             return "checkpoint"
         raise UnsupportedFormat(f"{path}: a folder that holds no Keras or TensorFlow model")
     head = sniff(path)
@@ -55,6 +56,10 @@ def detect_format(path: Path) -> str:
     if head.lstrip()[:1] == b"{":
         return "keras-sharded"
     if path.name.endswith(TF_INDEX_SUFFIX) or ".data-" in path.name:
+        return "checkpoint"
+    if path.name == SAVED_MODEL_FILENAME:
+        return "savedmodel"
+    if path.name == TF_CHECKPOINT_STATE:
         return "checkpoint"
     raise UnsupportedFormat(f"{path}: not a Keras or TensorFlow model file")
 
@@ -154,8 +159,9 @@ def find_table(model: ModelFile, name: str | None) -> Table:
     raise NoSuchTable(f"no table named {name!r}; tables: {candidates}")
 
 
-def decode(model: ModelFile, table: Table, stored: np.ndarray, rows: slice | np.ndarray,
-           raw: bool = False) -> np.ndarray:
+def decode(
+    model: ModelFile, table: Table, stored: np.ndarray, rows: slice | np.ndarray, raw: bool = False
+) -> np.ndarray:
     """The values the model computes with, from stored values of `rows`.
 
     bfloat16 widens to float32 (exactly); int8-quantized tables are divided by their
@@ -188,8 +194,9 @@ def block_rows(table: Table, block_bytes: int = BLOCK_BYTES) -> int:
     return max(1, block_bytes // max(1, table.dim * 4))
 
 
-def iter_blocks(model: ModelFile, table: Table, raw: bool = False,
-                block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, np.ndarray]]:
+def iter_blocks(
+    model: ModelFile, table: Table, raw: bool = False, block_bytes: int = BLOCK_BYTES
+) -> Iterator[tuple[int, np.ndarray]]:
     """`(first_row, values)` over the whole table, a bounded block at a time."""
     step = block_rows(table, block_bytes)
     for start in range(0, table.rows, step):

@@ -24,7 +24,9 @@ def number_text(value: Any) -> str:
 def json_value(value: Any) -> Any:
     """Plain Python data for json.dumps: floats exactly (widened), NaN/Inf as JSON can't."""
     if isinstance(value, np.ndarray):
-        return [json_value(v) for v in value.tolist()] if value.dtype.kind != "f" else _floats(value)
+        return (
+            [json_value(v) for v in value.tolist()] if value.dtype.kind != "f" else _floats(value)
+        )
     if isinstance(value, (np.floating,)):
         return float(value)
     if isinstance(value, np.integer):

@@ -22,7 +22,8 @@ H5_KINDS = {"keras_archive", "keras_folder", "weights_h5", "sharded", "legacy_h5
 
 def fixture_names(kinds=H5_KINDS) -> list[str]:
     return sorted(
-        name for name, entry in MANIFEST.items()
+        name
+        for name, entry in MANIFEST.items()
         if entry.get("kind") in kinds and not entry.get("skipped")
     )
 

@@ -15,8 +15,10 @@ def _sha(data: bytes) -> str:
 
 def _attr_bytes(value) -> bytes:
     if isinstance(value, np.ndarray):
-        return value.dtype.str.encode() + repr(value.shape).encode() + (
-            repr(value.tolist()).encode() if value.dtype.hasobject else value.tobytes()
+        return (
+            value.dtype.str.encode()
+            + repr(value.shape).encode()
+            + (repr(value.tolist()).encode() if value.dtype.hasobject else value.tobytes())
         )
     return repr(value).encode()
 
@@ -31,7 +33,9 @@ def h5_digest(source, prefix: str = "") -> dict[str, str]:
             for key, value in obj.attrs.items():
                 digest[f"{prefix}{name}@{key}"] = _sha(_attr_bytes(value))
             if isinstance(obj, h5py.Dataset):
-                digest[f"{prefix}{name}"] = _sha(np.asarray(obj[()]).tobytes() + obj.dtype.str.encode())
+                digest[f"{prefix}{name}"] = _sha(
+                    np.asarray(obj[()]).tobytes() + obj.dtype.str.encode()
+                )
             else:
                 digest[f"{prefix}{name}/"] = "group"
 
@@ -44,8 +48,15 @@ def archive_digest(path: Path) -> dict[str, str]:
     with zipfile.ZipFile(path) as archive:
         digest["order"] = _sha(repr(archive.namelist()).encode())
         for info in archive.infolist():
-            meta = (info.date_time, info.compress_type, info.external_attr, info.flag_bits,
-                    info.create_system, info.extra, info.comment)
+            meta = (
+                info.date_time,
+                info.compress_type,
+                info.external_attr,
+                info.flag_bits,
+                info.create_system,
+                info.extra,
+                info.comment,
+            )
             digest[f"zip:{info.filename}:meta"] = _sha(repr(meta).encode())
             data = archive.read(info)
             if info.filename.endswith(".h5"):
@@ -74,8 +85,10 @@ def artifact_digest(path: Path) -> dict[str, str]:
 
         index = json.loads(path.read_text())
         digest = {"index": _sha(repr(sorted(index["weight_map"].items())).encode())}
-        for shard in sorted({s for v in index["weight_map"].values() for s in ([v] if isinstance(v, str) else v)}):
-            digest.update(h5_digest(path.parent / shard, prefix=f"shard:"))
+        for shard in sorted(
+            {s for v in index["weight_map"].values() for s in ([v] if isinstance(v, str) else v)}
+        ):
+            digest.update(h5_digest(path.parent / shard, prefix="shard:"))
         return digest
     return h5_digest(path, prefix=":")
 

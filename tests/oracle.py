@@ -51,8 +51,13 @@ np.savez(sys.argv[5], **out)
 """
 
 
-def keras_tables(path: Path, names: list[str], flavour: str = "keras", architecture: Path | None = None,
-                 scratch: Path | None = None) -> dict[str, np.ndarray]:
+def keras_tables(
+    path: Path,
+    names: list[str],
+    flavour: str = "keras",
+    architecture: Path | None = None,
+    scratch: Path | None = None,
+) -> dict[str, np.ndarray]:
     """The named layers' tables as Keras computes them after loading `path`.
 
     `flavour` is "keras" (current Keras 3), "tf_keras", or "old" (Keras 3.0 on JAX).
@@ -73,9 +78,19 @@ def keras_tables(path: Path, names: list[str], flavour: str = "keras", architect
 
 def _run(python, flavour, path, names, architecture, target, env) -> None:
     result = subprocess.run(
-        [python, "-c", _SCRIPT, flavour, str(path), json.dumps(names),
-         str(architecture or ""), str(target)],
-        env=env, capture_output=True, text=True,
+        [
+            python,
+            "-c",
+            _SCRIPT,
+            flavour,
+            str(path),
+            json.dumps(names),
+            str(architecture or ""),
+            str(target),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         raise AssertionError(f"Keras could not load {path}:\n{result.stderr[-3000:]}")

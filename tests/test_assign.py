@@ -76,8 +76,9 @@ def weight_keys(table, digest: dict) -> set[str]:
 
 
 @pytest.mark.parametrize(("fixture", "layer", "keras_name", "flavour", "architecture"), CASES)
-def test_assign_changes_only_the_rows(tmp_path, runner, fixture, layer, keras_name, flavour,
-                                      architecture):
+def test_assign_changes_only_the_rows(
+    tmp_path, runner, fixture, layer, keras_name, flavour, architecture
+):
     source = FIXTURES / fixture
     output = tmp_path / output_name(fixture)
     with open_model(source) as model:
@@ -87,9 +88,21 @@ def test_assign_changes_only_the_rows(tmp_path, runner, fixture, layer, keras_na
     np.save(tmp_path / "vectors.npy", values)
     before = artifact_digest(source)
 
-    result = runner.invoke(cli, ["assign", str(source), "-l", layer, "--from",
-                                 str(tmp_path / "vectors.npy"), "--rows", ",".join(map(str, ROWS)),
-                                 "-o", str(output)])
+    result = runner.invoke(
+        cli,
+        [
+            "assign",
+            str(source),
+            "-l",
+            layer,
+            "--from",
+            str(tmp_path / "vectors.npy"),
+            "--rows",
+            ",".join(map(str, ROWS)),
+            "-o",
+            str(output),
+        ],
+    )
     assert result.exit_code == 0, result.output
     want = expected_after(original, table, values)
 
@@ -116,8 +129,21 @@ def test_old_keras_reloads_its_edited_file(tmp_path, runner):
     values = new_vectors((50, 8))
     np.save(tmp_path / "v.npy", values)
     output = tmp_path / "edited.keras"
-    result = runner.invoke(cli, ["assign", str(source), "-l", "words", "--from",
-                                 str(tmp_path / "v.npy"), "--rows", "1,3,-1", "-o", str(output)])
+    result = runner.invoke(
+        cli,
+        [
+            "assign",
+            str(source),
+            "-l",
+            "words",
+            "--from",
+            str(tmp_path / "v.npy"),
+            "--rows",
+            "1,3,-1",
+            "-o",
+            str(output),
+        ],
+    )
     assert result.exit_code == 0, result.output
     reloaded = keras_tables(output, ["words"], "old", scratch=tmp_path)["words"]
     np.testing.assert_array_equal(reloaded[[1, 3, 49]], values)
@@ -150,8 +176,10 @@ def in_place_copy(tmp_path, fixture):
     return target
 
 
-@pytest.mark.parametrize("fixture", ["k3_functional.keras", "k3_folder", "k3_sharded.weights.json",
-                                     "tfk_full.h5", "k3.weights.h5"])
+@pytest.mark.parametrize(
+    "fixture",
+    ["k3_functional.keras", "k3_folder", "k3_sharded.weights.json", "tfk_full.h5", "k3.weights.h5"],
+)
 def test_in_place(tmp_path, runner, fixture):
     target = in_place_copy(tmp_path, fixture)
     if target.is_file():
@@ -159,8 +187,9 @@ def test_in_place(tmp_path, runner, fixture):
     layer = MANIFEST[fixture]["tables"][0]["name"]
     before = artifact_digest(target)
     listing = sorted(p.name for p in tmp_path.iterdir())
-    result = runner.invoke(cli, ["assign", str(target), "-l", layer, "--fill", "zeros",
-                                 "--rows", "0,2", "--in-place"])
+    result = runner.invoke(
+        cli, ["assign", str(target), "-l", layer, "--fill", "zeros", "--rows", "0,2", "--in-place"]
+    )
     assert result.exit_code == 0, result.output
     with open_model(target) as model:
         table = find_table(model, layer)
@@ -174,8 +203,21 @@ def test_in_place(tmp_path, runner, fixture):
 
 def test_sharded_copy_renames_its_shards(tmp_path, runner):
     output = tmp_path / "copy.weights.json"
-    result = runner.invoke(cli, ["assign", str(FIXTURES / "k3_sharded.weights.json"), "-l", "words",
-                                 "--fill", "zeros", "--rows", "0", "-o", str(output)])
+    result = runner.invoke(
+        cli,
+        [
+            "assign",
+            str(FIXTURES / "k3_sharded.weights.json"),
+            "-l",
+            "words",
+            "--fill",
+            "zeros",
+            "--rows",
+            "0",
+            "-o",
+            str(output),
+        ],
+    )
     assert result.exit_code == 0, result.output
     index = json.loads(output.read_text())
     original = json.loads((FIXTURES / "k3_sharded.weights.json").read_text())
@@ -194,8 +236,22 @@ def test_reset_optimizer_rows(tmp_path, runner, fixture):
         slots = model.optimizer_slots(table)
         slot_before = {s: model.read(s, slice(None)) for s in slots}
     assert len(slots) == 2
-    result = runner.invoke(cli, ["assign", str(FIXTURES / fixture), "-l", table_name, "--fill",
-                                 "zeros", "--rows", "1,2", "--reset-optimizer-rows", "-o", str(output)])
+    result = runner.invoke(
+        cli,
+        [
+            "assign",
+            str(FIXTURES / fixture),
+            "-l",
+            table_name,
+            "--fill",
+            "zeros",
+            "--rows",
+            "1,2",
+            "--reset-optimizer-rows",
+            "-o",
+            str(output),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "and 2 optimizer slot(s)" in result.output
     with open_model(output) as edited:
@@ -209,8 +265,21 @@ def test_reset_optimizer_rows(tmp_path, runner, fixture):
 def test_slots_left_alone_by_default(tmp_path, runner):
     output = tmp_path / "out.keras"
     before = artifact_digest(FIXTURES / "k3_functional.keras")
-    runner.invoke(cli, ["assign", str(FIXTURES / "k3_functional.keras"), "-l", "words", "--fill",
-                        "zeros", "--rows", "1", "-o", str(output)])
+    runner.invoke(
+        cli,
+        [
+            "assign",
+            str(FIXTURES / "k3_functional.keras"),
+            "-l",
+            "words",
+            "--fill",
+            "zeros",
+            "--rows",
+            "1",
+            "-o",
+            str(output),
+        ],
+    )
     changed = changed_keys(before, artifact_digest(output))
     assert changed == {"model.weights.h5:layers/embedding/vars/0"}
 
@@ -219,8 +288,19 @@ def test_whole_table_without_rows(tmp_path, runner):
     values = np.arange(30 * 4, dtype=np.float32).reshape(30, 4) / 100
     np.savetxt(tmp_path / "all.csv", values, delimiter=",", fmt="%.9g")
     output = tmp_path / "out.keras"
-    result = runner.invoke(cli, ["assign", str(FIXTURES / "k3_functional.keras"), "-l", "positions",
-                                 "--from", str(tmp_path / "all.csv"), "-o", str(output)])
+    result = runner.invoke(
+        cli,
+        [
+            "assign",
+            str(FIXTURES / "k3_functional.keras"),
+            "-l",
+            "positions",
+            "--from",
+            str(tmp_path / "all.csv"),
+            "-o",
+            str(output),
+        ],
+    )
     assert result.exit_code == 0, result.output
     with open_model(output) as model:
         table = find_table(model, "positions")
@@ -230,8 +310,18 @@ def test_whole_table_without_rows(tmp_path, runner):
 def test_npz_key(tmp_path, runner):
     np.savez(tmp_path / "v.npz", a=np.ones((1, 8), np.float32), b=np.full((1, 8), 2, np.float32))
     output = tmp_path / "out.keras"
-    args = ["assign", str(FIXTURES / "k3_functional.keras"), "-l", "words", "--rows", "5",
-            "--from", str(tmp_path / "v.npz"), "-o", str(output)]
+    args = [
+        "assign",
+        str(FIXTURES / "k3_functional.keras"),
+        "-l",
+        "words",
+        "--rows",
+        "5",
+        "--from",
+        str(tmp_path / "v.npz"),
+        "-o",
+        str(output),
+    ]
     result = runner.invoke(cli, args)
     assert result.exit_code == 1
     assert "holds 2 arrays; choose one with --key: a, b" in result.output

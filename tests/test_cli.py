@@ -33,9 +33,16 @@ def test_layers_csv(runner):
 def test_layers_json_keys(runner):
     listed = json.loads(runner.invoke(cli, ["layers", FUNCTIONAL, "--json"]).output)
     contract = {
-        "name": "words", "class": "Embedding", "shape": [50, 8], "rows": 50, "dim": 8,
-        "dtype": "float32", "weight": "layers/embedding/vars/0", "quantized": None,
-        "qualified": "words", "embedding": True,
+        "name": "words",
+        "class": "Embedding",
+        "shape": [50, 8],
+        "rows": 50,
+        "dim": 8,
+        "dtype": "float32",
+        "weight": "layers/embedding/vars/0",
+        "quantized": None,
+        "qualified": "words",
+        "embedding": True,
     }
     assert {key: listed[0].get(key) for key in contract} == contract
 
@@ -57,7 +64,9 @@ def test_rows_table_and_json(runner):
     assert lines[1].split()[0] == "0" and lines[2].split()[0] == "29"
     assert np.array(lines[2].split()[1:], dtype=np.float32).tolist() == want[29].tolist()
 
-    data = json.loads(runner.invoke(cli, ["rows", FUNCTIONAL, "-l", "positions", "28:", "--json"]).output)
+    data = json.loads(
+        runner.invoke(cli, ["rows", FUNCTIONAL, "-l", "positions", "28:", "--json"]).output
+    )
     assert data["layer"] == "positions"
     assert [r["index"] for r in data["rows"]] == [28, 29]
     assert np.array(data["rows"][1]["vector"], dtype=np.float32).tolist() == want[29].tolist()
@@ -74,12 +83,30 @@ def test_rows_csv_is_exact(runner):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["rows", FUNCTIONAL, "0"], "Error: the model holds several tables; choose one with --layer: words, positions\n"),
-        (["rows", FUNCTIONAL, "-l", "nope", "0"], "Error: no table named 'nope'; tables: words, positions\n"),
-        (["rows", FUNCTIONAL, "-l", "words", "50"], "Error: row 50 is out of range for a table of 50 rows\n"),
-        (["rows", FUNCTIONAL, "-l", "words", "x"], "Error: not a row index or slice: 'x' (use 12, -1, 10:20 or 0:100:10)\n"),
-        (["layers", "/no/such/model.keras"], "Error: /no/such/model.keras: no such file or folder\n"),
-        (["layers", str(FIXTURES / "README.md")], f"Error: {FIXTURES / 'README.md'}: not a Keras or TensorFlow model file\n"),
+        (
+            ["rows", FUNCTIONAL, "0"],
+            "Error: the model holds several tables; choose one with --layer: words, positions\n",
+        ),
+        (
+            ["rows", FUNCTIONAL, "-l", "nope", "0"],
+            "Error: no table named 'nope'; tables: words, positions\n",
+        ),
+        (
+            ["rows", FUNCTIONAL, "-l", "words", "50"],
+            "Error: row 50 is out of range for a table of 50 rows\n",
+        ),
+        (
+            ["rows", FUNCTIONAL, "-l", "words", "x"],
+            "Error: not a row index or slice: 'x' (use 12, -1, 10:20 or 0:100:10)\n",
+        ),
+        (
+            ["layers", "/no/such/model.keras"],
+            "Error: /no/such/model.keras: no such file or folder\n",
+        ),
+        (
+            ["layers", str(FIXTURES / "README.md")],
+            f"Error: {FIXTURES / 'README.md'}: not a Keras or TensorFlow model file\n",
+        ),
         (["rows", str(FIXTURES / "k3_nested.keras"), "-l", "emb", "0"], None),
     ],
 )
@@ -114,8 +141,12 @@ def test_usage_errors_exit_2(runner, args):
 def test_export_formats(tmp_path, runner):
     want = np.load(FIXTURES / "expected" / "k3_functional_keras.npz")
     for name in ("t.npy", "t.tsv", "t.txt", "all.npz"):
-        result = runner.invoke(cli, ["export", FUNCTIONAL, "-l", "positions", "-o", str(tmp_path / name)]
-                               if name != "all.npz" else ["export", FUNCTIONAL, "-o", str(tmp_path / name)])
+        result = runner.invoke(
+            cli,
+            ["export", FUNCTIONAL, "-l", "positions", "-o", str(tmp_path / name)]
+            if name != "all.npz"
+            else ["export", FUNCTIONAL, "-o", str(tmp_path / name)],
+        )
         assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), want["positions"])
     with np.load(tmp_path / "all.npz") as archive:
@@ -126,8 +157,9 @@ def test_export_formats(tmp_path, runner):
     lines = (tmp_path / "t.txt").read_text().splitlines()
     assert lines[0] == "30 4"
     assert lines[1].split()[0] == "0"
-    np.testing.assert_array_equal(np.array([l.split()[1:] for l in lines[1:]], dtype=np.float32),
-                                  want["positions"])
+    np.testing.assert_array_equal(
+        np.array([line.split()[1:] for line in lines[1:]], dtype=np.float32), want["positions"]
+    )
 
 
 def test_export_refuses_existing_output(tmp_path, runner):
@@ -137,14 +169,21 @@ def test_export_refuses_existing_output(tmp_path, runner):
     assert result.exit_code == 1
     assert result.output == f"Error: {target} exists; use --force to replace it\n"
     assert target.read_bytes() == b"keep"
-    assert runner.invoke(cli, ["export", FUNCTIONAL, "-l", "words", "-o", str(target), "--force"]).exit_code == 0
+    assert (
+        runner.invoke(
+            cli, ["export", FUNCTIONAL, "-l", "words", "-o", str(target), "--force"]
+        ).exit_code
+        == 0
+    )
     assert np.load(target).shape == (50, 8)
 
 
 def test_export_raw_int8(tmp_path, runner):
     want = np.load(FIXTURES / "expected" / "k3_int8_keras.npz")
     runner.invoke(cli, ["export", str(FIXTURES / "k3_int8.keras"), "-o", str(tmp_path / "d.npy")])
-    runner.invoke(cli, ["export", str(FIXTURES / "k3_int8.keras"), "--raw", "-o", str(tmp_path / "r.npy")])
+    runner.invoke(
+        cli, ["export", str(FIXTURES / "k3_int8.keras"), "--raw", "-o", str(tmp_path / "r.npy")]
+    )
     np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), want["words"])
     np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), want["words:raw"])
 

@@ -71,8 +71,12 @@ def test_values_match_keras(name):
             if has_names(name):
                 table = match(tables, entry)
             else:
-                table = next(t for t in tables if t.shape == want.shape and np.array_equal(
-                    read_rows(model, t, np.arange(t.rows)), want))
+                table = next(
+                    t
+                    for t in tables
+                    if t.shape == want.shape
+                    and np.array_equal(read_rows(model, t, np.arange(t.rows)), want)
+                )
             got = read_rows(model, table, np.arange(table.rows))
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
@@ -85,7 +89,9 @@ def test_int8_raw_and_scale_match_keras():
     with open_model(FIXTURES / "k3_int8.keras") as model:
         table = find_table(model, "words")
         rows = np.arange(table.rows)
-        np.testing.assert_array_equal(read_rows(model, table, rows, raw=True), expected["words:raw"])
+        np.testing.assert_array_equal(
+            read_rows(model, table, rows, raw=True), expected["words:raw"]
+        )
         np.testing.assert_array_equal(model.read(table.scale, rows), expected["words:scale"])
 
 
@@ -118,9 +124,10 @@ def test_weight_path_and_group_path_are_accepted():
 
 def test_compressed_archive_still_reads(tmp_path):
     rezipped = tmp_path / "deflated.keras"
-    with zipfile.ZipFile(FIXTURES / "k3_functional.keras") as source, zipfile.ZipFile(
-        rezipped, "w", zipfile.ZIP_DEFLATED
-    ) as target:
+    with (
+        zipfile.ZipFile(FIXTURES / "k3_functional.keras") as source,
+        zipfile.ZipFile(rezipped, "w", zipfile.ZIP_DEFLATED) as target,
+    ):
         for info in source.infolist():
             target.writestr(info.filename, source.read(info))
     want = expected_values("k3_functional.keras")["words"]
@@ -160,5 +167,6 @@ def test_cli_json_matches_the_manifest(runner):
     assert result.exit_code == 0
     listed = json.loads(result.output)
     assert [(t["name"], t["class"], t["shape"], t["dtype"]) for t in listed] == [
-        (t["name"], t["class"], t["shape"], t["dtype"]) for t in MANIFEST["k3_dtypes.keras"]["tables"]
+        (t["name"], t["class"], t["shape"], t["dtype"])
+        for t in MANIFEST["k3_dtypes.keras"]["tables"]
     ]

@@ -108,11 +108,13 @@ class WritePlan:
     """Everything a write produces. `files` are renamed into place in order, last one last.
 
     `folder` is set when the output is a folder written whole (a new unzipped model).
+    `remove` lists files the new output makes obsolete, deleted after the renames.
     """
 
     output: Path
     files: list[FilePlan]
     folder: Path | None = None
+    remove: list[Path] = field(default_factory=list)
 
 
 class ModelFile(ABC):
@@ -191,7 +193,7 @@ def contiguous_runs(rows: np.ndarray) -> Iterator[tuple[int, int, int]]:
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     starts = np.concatenate([[0], breaks])
     stops = np.concatenate([breaks, [len(rows)]])
-    for a, b in zip(starts.tolist(), stops.tolist()):
+    for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
         yield int(rows[a]), int(rows[b - 1]) + 1, a
 
 
@@ -200,9 +202,7 @@ def row_patches(
 ) -> list[tuple[int, bytes]]:
     """Byte patches that write `values` into `rows` of a contiguous dataset."""
     if not info.contiguous or info.offset is None:
-        raise UnsupportedEdit(
-            f"{info.path}: only contiguously stored HDF5 datasets can be edited"
-        )
+        raise UnsupportedEdit(f"{info.path}: only contiguously stored HDF5 datasets can be edited")
     order = np.argsort(rows, kind="stable")
     rows = rows[order]
     values = np.ascontiguousarray(values[order])
@@ -216,18 +216,16 @@ def row_patches(
     return patches
 
 
-def stored_bytes_dtype(info: DatasetInfo) -> np.dtype:
-    """The dtype whose bytes are exactly what the file stores for a dataset."""
-    if info.is_bfloat16:
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(info.dtype).newbyteorder("<") if np.dtype(info.dtype).itemsize > 1 else np.dtype(info.dtype)
-
-
 class H5Source:
     """One checked, read-only HDF5 file, opened from a path or a window into an archive."""
 
-    def __init__(self, path: Path, source: object | None = None, size: int | None = None,
-                 base_offset: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        source: object | None = None,
+        size: int | None = None,
+        base_offset: int = 0,
+    ) -> None:
         self.path = path
         self.base_offset = base_offset
         size = os.path.getsize(path) if size is None else size
@@ -246,7 +244,9 @@ class H5Source:
         except (OSError, ValueError, TypeError) as exc:
             raise MalformedFile(f"{info.path}: cannot read ({exc})") from None
 
-    def patches(self, dataset: str, rows: np.ndarray, values: np.ndarray) -> list[tuple[int, bytes]]:
+    def patches(
+        self, dataset: str, rows: np.ndarray, values: np.ndarray
+    ) -> list[tuple[int, bytes]]:
         info = self.info(dataset)
         file_dtype = self.handle[info.path].dtype
         if file_dtype.kind != "V" and file_dtype.byteorder == ">":
@@ -267,4 +267,3 @@ def snake_to_class(group: str) -> str:
     group name was derived from."""
     base = re.sub(r"_\d+$", "", group)
     return "".join(part[:1].upper() + part[1:] for part in base.split("_"))
-

@@ -42,6 +42,7 @@ from embcli.formats.naming import (
 from embcli.guarded import (
     FileWindow,
     check_archive,
+    check_folder,
     member_data_offset,
     parse_json,
     read_attr_text,
@@ -58,6 +59,7 @@ OPTIMIZER_GROUP = "optimizer"
 NAME_ATTRIBUTE = "name"
 SHARD_MAP_KEY = "weight_map"
 MAX_UNZIPPED_WEIGHTS = 1 << 40
+KERAS_EMBEDDING_CLASS = "Embedding"
 
 # keras-hub layers that hold their tables as attributes, by (parent class, attribute).
 KNOWN_SUBLAYER_CLASSES = {
@@ -163,6 +165,7 @@ class Keras3File(ModelFile):
         return spill
 
     def _open_folder(self) -> None:
+        check_folder(self.path)
         config_path = self.path / CONFIG_FILENAME
         if config_path.is_file():
             self._config = self._parse_config(_read_small(config_path))
@@ -182,7 +185,9 @@ class Keras3File(ModelFile):
         self._shard_map = index
         for shard in shard_names(weight_map):
             shard_path = self.path.parent / shard
-            if shard_path.is_symlink() or not shard_path.is_file():
+            if shard_path.is_symlink():
+                raise UnsafeFile(f"{self.path}: shard {shard} is a symbolic link")
+            if not shard_path.is_file():
                 raise MalformedFile(f"{self.path}: shard {shard} is missing")
             self._sources[shard] = H5Source(shard_path)
 
@@ -197,7 +202,7 @@ class Keras3File(ModelFile):
     def _find_owners(self) -> dict[str, _Owner]:
         owners: dict[str, _Owner] = {}
         for key, source in self._sources.items():
-            for path, info in source.index.datasets.items():
+            for path in source.index.datasets:
                 self._location.setdefault(path, key)
             for group in source.index.groups:
                 parts = group.split("/")
@@ -326,16 +331,22 @@ class Keras3File(ModelFile):
         if len(shapes) == 1 and len(shapes[0]) == 2:
             return True
         return (
-            len(shapes) == 2 and len(shapes[0]) == 2 and infos[0].dtype == "int8"
+            len(shapes) == 2
+            and len(shapes[0]) == 2
+            and infos[0].dtype == "int8"
             and shapes[1] == (shapes[0][0],)
         )
 
     def _owner_tables(self, owner: _Owner, all_weights: bool) -> list[Table]:
         infos = [self._source(path)[0].info(path) for path in owner.datasets]
+        class_name = self._class_name(owner.group)
+        if class_name == KERAS_EMBEDDING_CLASS and infos and len(infos[0].shape) != 2:
+            raise MalformedFile(
+                f"{infos[0].path}: an Embedding table has 2 dimensions, not {len(infos[0].shape)}"
+            )
         matrices = [info for info in infos if len(info.shape) == 2]
         if not matrices:
             return []
-        class_name = self._class_name(owner.group)
         is_embedding = self._looks_like_embedding(owner, class_name, infos)
         name = self._layer_name(owner.group)
         qualified = self._qualified(owner.group)
@@ -368,8 +379,8 @@ class Keras3File(ModelFile):
     def _quantization(self, owner: _Owner, table, infos) -> tuple[str | None, str | None]:
         if table.dtype not in ("int8", "uint8"):
             return None, None
-        policy = json.dumps((self._config_layer(owner.group) or ConfigLayer("", "", (), {})).config.get("dtype"))
-        if "int4" in policy:
+        known = self._config_layer(owner.group)
+        if known is not None and "int4" in json.dumps(known.config.get("dtype")):
             return "int4", None
         rest = [i for i in infos if i.path != table.path]
         if (
@@ -416,8 +427,9 @@ class Keras3File(ModelFile):
         if self.kind == "archive":
             return self._plan_archive(output, by_source.get("", []), checks.get("", []))
         if self.kind == "weights":
-            plan = FilePlan(output, self.path, patches=by_source.get("", []),
-                            checks=checks.get("", []))
+            plan = FilePlan(
+                output, self.path, patches=by_source.get("", []), checks=checks.get("", [])
+            )
             return WritePlan(output, [plan])
         if self.kind == "folder":
             return self._plan_folder(output, by_source.get("", []), checks.get("", []), in_place)
@@ -426,18 +438,26 @@ class Keras3File(ModelFile):
     def _plan_archive(self, output, patches, checks) -> WritePlan:
         info = self._member
         if self._member_offset is None:
-            return WritePlan(output, [FilePlan(output, self.path, checks=checks,
-                                               rebuild=self._rebuild_archive(patches))])
+            return WritePlan(
+                output,
+                [
+                    FilePlan(
+                        output, self.path, checks=checks, rebuild=self._rebuild_archive(patches)
+                    )
+                ],
+            )
         fd = self._fd
         crc_offsets = [info.header_offset + 14, self._central_entry_offset(info) + 16]
         if info.flag_bits & 0x8:
             end = self._member_offset + info.compress_size
             signature = os.pread(fd, 4, end)
             crc_offsets.append(end + 4 if signature == b"PK\x07\x08" else end)
-        member = ZipMemberChecksums(self._member_offset, info.file_size, info.CRC,
-                                    tuple(crc_offsets))
-        return WritePlan(output, [FilePlan(output, self.path, patches=patches,
-                                           zip_member=member, checks=checks)])
+        member = ZipMemberChecksums(
+            self._member_offset, info.file_size, info.CRC, tuple(crc_offsets)
+        )
+        return WritePlan(
+            output, [FilePlan(output, self.path, patches=patches, zip_member=member, checks=checks)]
+        )
 
     def _central_entry_offset(self, target: zipfile.ZipInfo) -> int:
         archive = self._archive
@@ -467,44 +487,58 @@ class Keras3File(ModelFile):
                                 edited.seek(offset)
                                 edited.write(data)
                             edited.seek(0)
-                            with out.open(_copy_info(info), "w", force_zip64=info.file_size > 1 << 31) as dst:
+                            with out.open(
+                                _copy_info(info), "w", force_zip64=info.file_size > 1 << 31
+                            ) as dst:
                                 shutil.copyfileobj(edited, dst, 1 << 20)
                     else:
-                        with self._archive.open(info) as src, out.open(_copy_info(info), "w") as dst:
+                        with (
+                            self._archive.open(info) as src,
+                            out.open(_copy_info(info), "w") as dst,
+                        ):
                             shutil.copyfileobj(src, dst, 1 << 20)
 
         return write
 
     def _plan_folder(self, output, patches, checks, in_place) -> WritePlan:
-        weights = FilePlan(output / WEIGHTS_FILENAME, self.path / WEIGHTS_FILENAME,
-                           patches=patches, checks=checks)
+        weights = FilePlan(
+            output / WEIGHTS_FILENAME, self.path / WEIGHTS_FILENAME, patches=patches, checks=checks
+        )
         if in_place:
             return WritePlan(output, [weights])
         files = []
         for source in sorted(self.path.rglob("*")):
             if source.is_symlink():
                 raise UnsafeFile(f"{source}: symbolic links in a model folder are refused")
-            if source.is_file() and source.name != WEIGHTS_FILENAME or (
-                source.is_file() and source.parent != self.path
-            ):
+            if source.is_file() and source != weights.source:
                 files.append(FilePlan(output / source.relative_to(self.path), source))
         return WritePlan(output, files + [weights], folder=output)
 
     def _plan_sharded(self, output, by_source, checks, in_place) -> WritePlan:
         if in_place:
             plans = [
-                FilePlan(self.path.parent / key, self._sources[key].path,
-                         patches=by_source[key], checks=checks.get(key, []))
+                FilePlan(
+                    self.path.parent / key,
+                    self._sources[key].path,
+                    patches=by_source[key],
+                    checks=checks.get(key, []),
+                )
                 for key in by_source
             ]
             return WritePlan(output, plans)
         if not output.name.endswith(".weights.json"):
             raise UnsupportedEdit("a copy of sharded weights must be named *.weights.json")
-        renamed = {key: shard_rename(key, self.path.name, output.name, i)
-                   for i, key in enumerate(self._sources)}
+        renamed = {
+            key: shard_rename(key, self.path.name, output.name, i)
+            for i, key in enumerate(self._sources)
+        }
         plans = [
-            FilePlan(output.parent / renamed[key], source.path,
-                     patches=by_source.get(key, []), checks=checks.get(key, []))
+            FilePlan(
+                output.parent / renamed[key],
+                source.path,
+                patches=by_source.get(key, []),
+                checks=checks.get(key, []),
+            )
             for key, source in self._sources.items()
         ]
         index = dict(self._shard_map)
@@ -536,7 +570,11 @@ def shard_names(weight_map: dict) -> list[str]:
     names: list[str] = []
     for value in weight_map.values():
         for name in value if isinstance(value, list) else [value]:
-            if not isinstance(name, str) or not re.fullmatch(r"[^/\\\x00]+", name) or name in (".", ".."):
+            if (
+                not isinstance(name, str)
+                or not re.fullmatch(r"[^/\\\x00]+", name)
+                or name in (".", "..")
+            ):
                 raise UnsafeFile(f"shard index names an unsafe file: {name!r}")
             if name not in names:
                 names.append(name)
@@ -548,7 +586,7 @@ def shard_rename(shard: str, old_index: str, new_index: str, position: int) -> s
     old_stem = old_index[: -len(".weights.json")]
     new_stem = new_index[: -len(".weights.json")]
     if shard.startswith(old_stem + "_"):
-        return new_stem + shard[len(old_stem):]
+        return new_stem + shard[len(old_stem) :]
     return f"{new_stem}_{position:05d}.weights.h5"
 
 

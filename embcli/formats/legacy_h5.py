@@ -33,6 +33,7 @@ MODEL_CONFIG_ATTRIBUTE = "model_config"
 LAYER_NAMES_ATTRIBUTE = "layer_names"
 WEIGHT_NAMES_ATTRIBUTE = "weight_names"
 SCALE_VARIABLE = "embeddings_scale"
+KERAS_EMBEDDING_CLASS = "Embedding"
 
 
 def variable_name(weight_name: str) -> str:
@@ -57,7 +58,9 @@ class LegacyH5File(ModelFile):
     def _read_layout(self) -> None:
         handle = self._source.handle
         config_text = read_attr_text(handle, MODEL_CONFIG_ATTRIBUTE)
-        self._config = parse_json(config_text, f"{self.path}: model_config") if config_text else None
+        self._config = (
+            parse_json(config_text, f"{self.path}: model_config") if config_text else None
+        )
         if self._config is not None and not isinstance(self._config, dict):
             raise MalformedFile(f"{self.path}: model_config is not a JSON object")
         self._base = MODEL_WEIGHTS_GROUP if MODEL_WEIGHTS_GROUP in self._source.index.groups else ""
@@ -106,17 +109,22 @@ class LegacyH5File(ModelFile):
 
     def _owner_tables(self, layer, owner, weights, index, all_weights) -> list[Table]:
         infos = {w: index[self._join(layer, w)] for w in weights}
-        matrices = [w for w in weights if len(infos[w].shape) == 2]
-        if not matrices:
-            return []
         inner_path = owner if owner[0] == layer else (layer, *owner)
         class_name = self._class_of(inner_path)
         leaf = lambda w: variable_name(w).rsplit("/", 1)[-1]  # noqa: E731
+        if class_name == KERAS_EMBEDDING_CLASS:
+            for weight in weights:
+                if leaf(weight) == EMBEDDING_VARIABLE and len(infos[weight].shape) != 2:
+                    raise MalformedFile(
+                        f"{infos[weight].path}: an Embedding table has 2 dimensions, "
+                        f"not {len(infos[weight].shape)}"
+                    )
+        matrices = [w for w in weights if len(infos[w].shape) == 2]
+        if not matrices:
+            return []
         named = [w for w in matrices if leaf(w) == EMBEDDING_VARIABLE]
         primary = named[0] if named else matrices[0]
-        is_embedding = (
-            class_name.endswith(EMBEDDING_SUFFIX) if class_name else primary in named
-        )
+        is_embedding = class_name.endswith(EMBEDDING_SUFFIX) if class_name else primary in named
         name = inner_path[-1]
         qualified = "/".join(dict.fromkeys(inner_path))
         found = []
@@ -158,7 +166,8 @@ class LegacyH5File(ModelFile):
     def optimizer_slots(self, table: Table) -> list[str]:
         datasets = self._source.index.datasets
         candidates = [
-            path for path, info in datasets.items()
+            path
+            for path, info in datasets.items()
             if path.startswith(OPTIMIZER_WEIGHTS_GROUP + "/") and info.shape == table.shape
         ]
         by_name = [p for p in candidates if _names_variable(p, table.owner)]
@@ -167,9 +176,11 @@ class LegacyH5File(ModelFile):
         if not candidates:
             return []
         twins = [
-            path for path, info in datasets.items()
+            path
+            for path, info in datasets.items()
             if not path.startswith(OPTIMIZER_WEIGHTS_GROUP + "/")
-            and path != table.weight and info.shape == table.shape
+            and path != table.weight
+            and info.shape == table.shape
         ]
         if twins:
             raise UnsupportedEdit(
