@@ -187,36 +187,95 @@ def _build(item: FilePlan, temp: Path) -> None:
 
 
 def _patch(item: FilePlan, temp: Path) -> None:
-    from embcli.crc import patched_crc32
-
     fd = os.open(temp, os.O_RDWR)
     try:
-        changes = []
-        for offset, data in item.patches:
-            old = os.pread(fd, len(data), offset)
-            if len(old) != len(data):
-                raise VerificationFailed(f"{temp.name}: a patch falls beyond the end of the file")
-            if old != data:
-                os.pwrite(fd, data, offset)
-                changes.append((offset, old, data))
-        member = item.zip_member
-        if member is not None and changes:
-            inside = []
-            for offset, old, new in changes:
-                if (
-                    offset < member.data_offset
-                    or offset + len(new) > member.data_offset + member.size
-                ):
-                    raise VerificationFailed("a patch falls outside the archive member it edits")
-                inside.append((offset - member.data_offset, old, new))
-            crc = patched_crc32(member.crc, member.size, inside).to_bytes(4, "little")
-            for position in member.crc_offsets:
-                if os.pread(fd, 4, position) != member.crc.to_bytes(4, "little"):
-                    raise VerificationFailed("the archive's checksum is not where it should be")
-                os.pwrite(fd, crc, position)
+        _apply(fd, file_changes(fd, item, temp.name))
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _apply(fd: int, changes: list[tuple[int, bytes, bytes]]) -> None:
+    for offset, _, new in changes:
+        os.pwrite(fd, new, offset)
+
+
+def file_changes(fd: int, item: FilePlan, name: str) -> list[tuple[int, bytes, bytes]]:
+    """`(offset, old, new)` for every byte run a plan's patches change in a file,
+    the archive member's CRC-32 fields included."""
+    from embcli.crc import patched_crc32
+
+    changes = []
+    for offset, data in item.patches:
+        old = os.pread(fd, len(data), offset)
+        if len(old) != len(data):
+            raise VerificationFailed(f"{name}: a patch falls beyond the end of the file")
+        if old != data:
+            changes.append((offset, old, data))
+    member = item.zip_member
+    if member is None or not changes:
+        return changes
+    inside = []
+    end = member.data_offset + member.size
+    for offset, old, new in changes:
+        if offset < member.data_offset or offset + len(new) > end:
+            raise VerificationFailed("a patch falls outside the archive member it edits")
+        inside.append((offset - member.data_offset, old, new))
+    old_crc = member.crc.to_bytes(4, "little")
+    crc = patched_crc32(member.crc, member.size, inside).to_bytes(4, "little")
+    for position in member.crc_offsets:
+        if os.pread(fd, 4, position) != old_crc:
+            raise VerificationFailed("the archive's checksum is not where it should be")
+        changes.append((position, old_crc, crc))
+    return changes
+
+
+def can_patch_in_place(plan: WritePlan) -> bool:
+    return plan.folder is None and all(
+        item.source is not None
+        and item.rebuild is None
+        and item.content is None
+        and item.source.absolute() == item.target.absolute()
+        for item in plan.files
+    )
+
+
+def patch_in_place(plan: WritePlan, verify: Callable[[Path, list], None]) -> None:
+    """Edit files where they lie, at a cost that follows the bytes changed.
+
+    The old bytes go to an fsynced journal first; a failed check rolls them back at once,
+    and a killed process's journal is rolled back by the next embcli run (`journal`).
+    """
+    from embcli import journal
+
+    for item in plan.files:
+        journal.recover(item.target.absolute().parent)
+    opened = []
+    try:
+        for item in plan.files:
+            fd = os.open(item.target, os.O_RDWR)
+            opened.append((item, fd, file_changes(fd, item, item.target.name)))
+        journals = [
+            journal.write_journal(item.target.absolute(), changes)
+            for item, _, changes in opened
+        ]
+        with _terminate_as_interrupt():
+            try:
+                for _, fd, changes in opened:
+                    _apply(fd, changes)
+                    os.fsync(fd)
+                for item, _, _ in opened:
+                    if item.checks:
+                        verify(item.target, item.checks)
+            except BaseException:
+                for path in journals:
+                    journal.roll_back(path)
+                raise
+        for path in journals:
+            journal.discard(path)
+    finally:
+        for _, fd, _ in opened:
+            os.close(fd)
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:

@@ -183,5 +183,8 @@ def assign(
         for item in plan.files:
             if item.target.exists():
                 raise OutputExists(f"{item.target} exists; use --force to replace it")
-    atomic.execute(plan, verify_file)
+    if in_place and atomic.can_patch_in_place(plan):
+        atomic.patch_in_place(plan, verify_file)
+    else:
+        atomic.execute(plan, verify_file)
     return AssignResult(table, len(rows), output, slots)

@@ -24,6 +24,7 @@ from embcli.errors import (
 )
 from embcli.formats.base import ModelFile, Table
 from embcli.guarded import HDF5_SIGNATURE, ZIP_EMPTY_SIGNATURE, ZIP_SIGNATURE, sniff
+from embcli.journal import recover
 
 BLOCK_BYTES = 32 * 1024 * 1024
 TF_INDEX_SUFFIX = ".index"
@@ -89,6 +90,7 @@ def open_model(path: str | os.PathLike) -> ModelFile:
     """Open a model artifact read-only. Raises an `EmbcliError` for anything unusable."""
     path = Path(path)
     kind = detect_format(path)
+    recover(path if path.is_dir() else path.absolute().parent)
     if kind.startswith("keras-"):
         from embcli.formats.keras3 import Keras3File
 
