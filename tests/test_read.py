@@ -44,6 +44,7 @@ def test_tables_match_keras(name):
         for entry in wanted:
             table = match(tables, entry)
             assert table is not None, f"{entry['name']} not found in {[t.name for t in tables]}"
+            assert table.qualified == "/".join(entry["path"])
             assert table.shape == tuple(entry["shape"])
             assert table.dtype == entry["dtype"]
             assert table.quantized == entry["quantized"]

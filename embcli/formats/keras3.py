@@ -42,6 +42,7 @@ from embcli.formats.naming import (
 from embcli.guarded import (
     FileWindow,
     check_archive,
+    check_directory_size,
     check_folder,
     member_data_offset,
     parse_json,
@@ -118,6 +119,7 @@ class Keras3File(ModelFile):
     def _open_archive(self) -> None:
         self._fd = os.open(self.path, os.O_RDONLY)
         size = os.fstat(self._fd).st_size
+        check_directory_size(self._fd, size)
         try:
             self._archive = zipfile.ZipFile(open(self.path, "rb"))  # noqa: SIM115
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
@@ -275,17 +277,19 @@ class Keras3File(ModelFile):
     def _qualified(self, group: str) -> str:
         """Names of the enclosing layers and this one, joined by `/`.
 
-        A part with no recorded name (a sublayer kept as an attribute, in a file from
-        before Keras recorded names) is shown by its attribute name. With no name known
-        at all, the group path itself is the name.
+        Containers (`layers`, a list attribute) add nothing. A part with no recorded
+        name (a sublayer kept as an attribute, in a file from before Keras recorded
+        names) is shown by its attribute name. With no name known at all, the group path
+        itself is the name.
         """
         parts = group.split("/")
         names: list[str] = []
         known = False
         for end, part in enumerate(parts, start=1):
-            if part in _CONTAINER_PARTS:
+            prefix = "/".join(parts[:end])
+            own = self._own_name(prefix)
+            if own is None and end < len(parts) and self._is_container(prefix):
                 continue
-            own = self._own_name("/".join(parts[:end]))
             known = known or own is not None
             names.append(own if own is not None else part)
         return "/".join(names) if known else group
