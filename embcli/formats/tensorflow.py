@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import stat
 import sys
@@ -49,7 +50,10 @@ from embcli.formats.base import (
 )
 from embcli.guarded import parse_json
 
-INSTALL_HINT = "reading TensorFlow SavedModels and checkpoints needs TensorFlow: pip install 'embcli[tensorflow]'"
+INSTALL_HINT = (
+    "reading TensorFlow SavedModels and checkpoints needs TensorFlow: "
+    "pip install 'embcli[tensorflow]'"
+)
 
 SAVED_MODEL_FILENAME = "saved_model.pb"
 KERAS_METADATA_FILENAME = "keras_metadata.pb"
@@ -66,6 +70,7 @@ VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 SLOT_MARKER = "/.OPTIMIZER_SLOT/"
 OPTIMIZER_ROOT = "optimizer"
 ALL_VARIABLES_ROOT = "_all_variables"
+QUANTIZED_SCALE_SUFFIX = "_scale"
 METADATA_ROOT = "root"
 
 RESOURCE_GATHER_OPS = frozenset({"ResourceGather", "ResourceGatherNd"})
@@ -82,7 +87,7 @@ WRITE_BATCH_BYTES = 256 * 1024 * 1024
 MAX_FORWARDING = 64
 
 
-def import_tensorflow():
+def import_tensorflow() -> Any:
     """TensorFlow, imported on first use with its start-up chatter kept off stderr."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" in sys.modules and sys.modules["tensorflow"] is not None:
@@ -119,7 +124,9 @@ def open_tensorflow(path: Path, kind: str) -> ModelFile:
     if kind == "savedmodel":
         folder = path.parent if path.name == SAVED_MODEL_FILENAME and path.is_file() else path
         _check_tree(folder)
-        return TensorFlowFile(tf, folder / VARIABLES_DIRNAME / VARIABLES_FILENAME, saved_model=folder)
+        return TensorFlowFile(
+            tf, folder / VARIABLES_DIRNAME / VARIABLES_FILENAME, saved_model=folder
+        )
     if kind != "checkpoint":
         raise UnsupportedFormat(f"{path}: not a TensorFlow artifact")
     state_folder = None
@@ -141,7 +148,7 @@ def checkpoint_prefix(path: Path) -> Path:
     return path
 
 
-def _prefix_from_state(tf, folder: Path) -> Path:
+def _prefix_from_state(tf: Any, folder: Path) -> Path:
     from google.protobuf import text_format
     from tensorflow.python.training import checkpoint_state_pb2
 
@@ -159,10 +166,9 @@ def _prefix_from_state(tf, folder: Path) -> Path:
     named = Path(state.model_checkpoint_path)
     prefix = named if named.is_absolute() else folder / named
     if prefix.absolute().parent.resolve() != folder.absolute().resolve():
-        local = folder / named.name
-        if not Path(f"{local}{INDEX_SUFFIX}").is_file():
-            raise UnsafeFile(f"{state_path}: names a checkpoint outside its folder")
-        prefix = local
+        raise UnsafeFile(
+            f"{state_path}: names a checkpoint outside its folder; give the checkpoint's prefix"
+        )
     return prefix
 
 
@@ -203,6 +209,13 @@ def data_files(prefix: Path) -> list[Path]:
 
 def _short_key(key: str) -> str:
     return key.removesuffix(VALUE_SUFFIX)
+
+
+def _natural(text: str) -> tuple:
+    """Sort key that puts `layer-2` before `layer-10`."""
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)
+    )
 
 
 def _root_of(key: str) -> str:
@@ -272,7 +285,11 @@ def read_keras_metadata(path: Path) -> dict[int, _Layer]:
             continue
         fields = dict(_proto_fields(entry, path.name))
         node, node_path, text = fields.get(2, 0), fields.get(3, b""), fields.get(5, b"")
-        if not isinstance(node, int) or not isinstance(node_path, bytes) or not isinstance(text, bytes):
+        if (
+            not isinstance(node, int)
+            or not isinstance(node_path, bytes)
+            or not isinstance(text, bytes)
+        ):
             raise MalformedFile(f"{path.name}: malformed node")
         metadata = parse_json(text, f"{path.name} node {node}") if text else {}
         if not isinstance(metadata, dict):
@@ -346,7 +363,9 @@ def _gathered_arguments(function: Any, marked: dict[str, set[int]]) -> set[int]:
             read = node_of(node.input[0])
             if read is not None and read.op == READ_VARIABLE_OP and read.input:
                 sources.append(read.input[0])
-        callee = node.attr[CALLEE_ATTRIBUTE].func.name if node.op in CALL_OPS else node.op
+        callee = node.op
+        if node.op in CALL_OPS and CALLEE_ATTRIBUTE in node.attr:
+            callee = node.attr[CALLEE_ATTRIBUTE].func.name
         for argument in marked.get(callee, ()):
             data_inputs = [i for i in node.input if not i.startswith("^")]
             if argument < len(data_inputs):
@@ -382,8 +401,13 @@ class _Variable:
 class TensorFlowFile(ModelFile):
     """A TensorFlow checkpoint, alone or as the variables of a SavedModel folder."""
 
-    def __init__(self, tf, prefix: Path, saved_model: Path | None = None,
-                 state_folder: Path | None = None) -> None:
+    def __init__(
+        self,
+        tf: Any,
+        prefix: Path,
+        saved_model: Path | None = None,
+        state_folder: Path | None = None,
+    ) -> None:
         super().__init__(saved_model or prefix)
         self._tf = tf
         self.prefix = prefix
@@ -407,6 +431,7 @@ class TensorFlowFile(ModelFile):
         self._check_sizes(sum(s.stat().st_size for s in shards), index)
         self._cache: tuple[str, np.ndarray] | None = None
         self._layers: dict[int, _Layer] = {}
+        self._layer_paths: dict[str, _Layer] = {}
         self._gathered: set[int] = set()
         self._parents: dict[int, list[tuple[int, str]]] = {}
         self._slot_of: dict[str, str] = {}
@@ -423,7 +448,8 @@ class TensorFlowFile(ModelFile):
                 size = int(np.prod(variable.shape, dtype=np.float64)) * variable.dtype.size
                 if size > stored:
                     raise MalformedFile(
-                        f"{index}: {variable.key} declares {size} bytes; the data files hold {stored}"
+                        f"{index}: {variable.key} declares {size} bytes, "
+                        f"more than the {stored} its data files hold"
                     )
 
     def _object_graph(self) -> Any:
@@ -462,6 +488,7 @@ class TensorFlowFile(ModelFile):
         metadata = folder / KERAS_METADATA_FILENAME
         if metadata.exists():
             self._layers = read_keras_metadata(metadata)
+            self._layer_paths = {layer.path: layer for layer in self._layers.values()}
 
     def _find_slots(self, graph: Any) -> None:
         """Map each optimizer slot's key to the key of the variable it holds state for."""
@@ -494,7 +521,8 @@ class TensorFlowFile(ModelFile):
                 if original in self._variables:
                     self._slot_of[key] = original
         self._slot_of = {
-            slot: original for slot, original in self._slot_of.items()
+            slot: original
+            for slot, original in self._slot_of.items()
             if self._variables[slot].shape == self._variables[original].shape
         }
 
@@ -509,8 +537,11 @@ class TensorFlowFile(ModelFile):
                 groups.setdefault(identity, []).append(variable)
         for members in groups.values():
             copies = [v for v in members if _root_of(v.key) == ALL_VARIABLES_ROOT]
-            originals = [v for v in members if _root_of(v.key) != ALL_VARIABLES_ROOT
-                         and not _is_optimizer_key(v.key)]
+            originals = [
+                v
+                for v in members
+                if _root_of(v.key) != ALL_VARIABLES_ROOT and not _is_optimizer_key(v.key)
+            ]
             if not copies or not originals:
                 continue
             if len(copies) == 1 and len(originals) == 1:
@@ -540,9 +571,8 @@ class TensorFlowFile(ModelFile):
         if layer is not None:
             names = []
             parts = layer.path.split(".")
-            by_path = {entry.path: entry for entry in self._layers.values()}
             for end in range(2, len(parts) + 1):
-                enclosing = by_path.get(".".join(parts[:end]))
+                enclosing = self._layer_paths.get(".".join(parts[:end]))
                 if enclosing is not None:
                     names.append(enclosing.name)
             owner = "/".join(parts[1:])
@@ -570,33 +600,61 @@ class TensorFlowFile(ModelFile):
         tables = []
         for variable in self._variables.values():
             key = variable.key
-            if (len(variable.shape) != 2 or not variable.numeric or key in self._slot_of
-                    or _is_optimizer_key(key) or key == OBJECT_GRAPH_KEY):
+            if (
+                len(variable.shape) != 2
+                or not variable.numeric
+                or key in self._slot_of
+                or _is_optimizer_key(key)
+                or key == OBJECT_GRAPH_KEY
+            ):
                 continue
             if variable.alias_of is not None:
                 continue
             name, qualified, class_name, local, owner = self._describe(variable)
             keys = [key, *variable.aliases]
-            gathered = any(self._variables[k].node in self._gathered for k in keys
-                           if self._variables[k].node is not None)
+            gathered = any(
+                self._variables[k].node in self._gathered
+                for k in keys
+                if self._variables[k].node is not None
+            )
             by_name = local == EMBEDDING_VARIABLE or gathered
             if class_name is not None:
                 is_embedding = class_name.endswith(EMBEDDING_SUFFIX) and by_name
             else:
                 is_embedding = by_name
             names = {_short_key(k) for k in keys} | set(variable.aliases)
-            tables.append(Table(
-                name=name,
-                qualified=qualified,
-                class_name=class_name,
-                shape=(variable.shape[0], variable.shape[1]),
-                dtype=variable.dtype.name,
-                weight=key,
-                is_embedding=is_embedding,
-                aliases=tuple(sorted(names - {key})),
-                owner=owner,
-            ))
-        return sorted(tables, key=lambda t: t.weight)
+            scale = self._int8_scale(variable) if is_embedding else None
+            tables.append(
+                Table(
+                    name=name,
+                    qualified=qualified,
+                    class_name=class_name,
+                    shape=(variable.shape[0], variable.shape[1]),
+                    dtype=variable.dtype.name,
+                    weight=key,
+                    quantized="int8" if scale else None,
+                    scale=scale,
+                    is_embedding=is_embedding,
+                    aliases=tuple(sorted(names - {key})),
+                    owner=owner,
+                )
+            )
+        return sorted(tables, key=lambda t: (_natural(t.owner), _natural(t.weight)))
+
+    def _int8_scale(self, variable: _Variable) -> str | None:
+        """The key of a Keras int8 Embedding's per-row `embeddings_scale`, if it has one."""
+        if variable.dtype != self._tf.int8 or not variable.full_name.endswith(EMBEDDING_VARIABLE):
+            return None
+        wanted = variable.full_name + QUANTIZED_SCALE_SUFFIX
+        scales = [
+            v.key
+            for v in self._variables.values()
+            if v.full_name == wanted
+            and v.alias_of is None
+            and v.shape == variable.shape[:1]
+            and v.dtype.is_floating
+        ]
+        return scales[0] if len(scales) == 1 else None
 
     def tables(self, all_weights: bool = False) -> list[Table]:
         return [t for t in self._tables if all_weights or t.is_embedding]
@@ -663,8 +721,12 @@ class TensorFlowFile(ModelFile):
             for key in (variable.key, *variable.aliases):
                 edits[key] = (np.asarray(rows, dtype=np.int64), values)
         for variable in self._variables.values():
-            if not (variable.numeric or variable.dtype.is_bool or variable.dtype == self._tf.string):
-                raise UnsupportedEdit(f"{variable.key}: embcli cannot rewrite {variable.dtype.name} entries")
+            if not (
+                variable.numeric or variable.dtype.is_bool or variable.dtype == self._tf.string
+            ):
+                raise UnsupportedEdit(
+                    f"{variable.key}: embcli cannot rewrite {variable.dtype.name} entries"
+                )
         if self.saved_model is not None:
             return self._plan_saved_model(self.saved_model if in_place else Path(output), edits)
         if self.state_folder is not None and not in_place:
@@ -696,8 +758,13 @@ class TensorFlowFile(ModelFile):
         files.extend(self._bundle_plans(prefix, edits, before=make_folders))
         fingerprint = source / FINGERPRINT_FILENAME
         if fingerprint.is_file():
-            files.append(FilePlan(output / FINGERPRINT_FILENAME, source=fingerprint,
-                                  rebuild=self._write_fingerprint))
+            files.append(
+                FilePlan(
+                    output / FINGERPRINT_FILENAME,
+                    source=fingerprint,
+                    rebuild=self._write_fingerprint,
+                )
+            )
         return WritePlan(output, files, folder=output)
 
     def _plan_state_folder(self, output: Path, edits: dict) -> WritePlan:
@@ -730,8 +797,9 @@ class TensorFlowFile(ModelFile):
             size += nbytes
         return batches
 
-    def _bundle_plans(self, prefix: Path, edits: dict,
-                      before: Callable[[Path], None] | None = None) -> list[FilePlan]:
+    def _bundle_plans(
+        self, prefix: Path, edits: dict, before: Callable[[Path], None] | None = None
+    ) -> list[FilePlan]:
         """The data shards and index of a rewritten checkpoint at `prefix`. The first plan
         writes them all (and reads them back); the others only take their place."""
         batches = self._batches()
@@ -748,8 +816,14 @@ class TensorFlowFile(ModelFile):
         plans = [FilePlan(shards[0], source=old_shards[0] if old_shards else None, rebuild=write)]
         plans += [FilePlan(shard, rebuild=_written_already) for shard in shards[1:]]
         checks = [(key, rows, values) for key, (rows, values) in edits.items()]
-        plans.append(FilePlan(Path(f"{prefix}{INDEX_SUFFIX}"), source=Path(f"{self.prefix}{INDEX_SUFFIX}"),
-                              rebuild=_written_already, checks=checks))
+        plans.append(
+            FilePlan(
+                Path(f"{prefix}{INDEX_SUFFIX}"),
+                source=Path(f"{self.prefix}{INDEX_SUFFIX}"),
+                rebuild=_written_already,
+                checks=checks,
+            )
+        )
         return plans
 
     def _edited(self, key: str, edits: dict) -> Any:
@@ -767,28 +841,38 @@ class TensorFlowFile(ModelFile):
         else:
             scratch = prefix.parent / f"{prefix.name}_temp"
             parts = [scratch / f"part-{i:05d}-of-{len(batches):05d}" for i in range(len(batches))]
-            for part, keys in zip(parts, batches):
+            for part, keys in zip(parts, batches, strict=True):
                 self._save(part, keys, edits)
             try:
                 tf.raw_ops.MergeV2Checkpoints(
-                    checkpoint_prefixes=[str(p) for p in parts], destination_prefix=str(prefix),
+                    checkpoint_prefixes=[str(p) for p in parts],
+                    destination_prefix=str(prefix),
                     delete_old_dirs=True,
                 )
             except tf.errors.OpError as exc:
-                raise VerificationFailed(f"TensorFlow could not merge the checkpoint: {exc.message}") from None
+                raise VerificationFailed(
+                    f"TensorFlow could not merge the checkpoint: {exc.message}"
+                ) from None
             shutil.rmtree(scratch, ignore_errors=True)
         self._verify_bundle(prefix, edits)
 
     def _save(self, prefix: Path, keys: list[str], edits: dict) -> None:
         tf = self._tf
-        tensors = [tf.constant(self._edited(key, edits), dtype=self._variables[key].dtype)
-                   for key in keys]
+        tensors = [
+            tf.constant(self._edited(key, edits), dtype=self._variables[key].dtype) for key in keys
+        ]
         self._cache = None
         try:
-            tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=keys,
-                              shape_and_slices=[""] * len(keys), tensors=tensors)
+            tf.raw_ops.SaveV2(
+                prefix=str(prefix),
+                tensor_names=keys,
+                shape_and_slices=[""] * len(keys),
+                tensors=tensors,
+            )
         except tf.errors.OpError as exc:
-            raise VerificationFailed(f"TensorFlow could not write the checkpoint: {exc.message}") from None
+            raise VerificationFailed(
+                f"TensorFlow could not write the checkpoint: {exc.message}"
+            ) from None
 
     def _verify_bundle(self, prefix: Path, edits: dict) -> None:
         """Read every tensor of the written checkpoint back and compare it with its source."""
@@ -801,13 +885,22 @@ class TensorFlowFile(ModelFile):
             if tuple(shapes[key]) != variable.shape or dtypes[key] != variable.dtype:
                 raise VerificationFailed(f"{key}: written with another shape or dtype")
             expected = self._edited(key, edits)
-            got = written.get_tensor(key)
+            try:
+                got = written.get_tensor(key)
+            except Exception as exc:
+                raise VerificationFailed(
+                    f"{key}: the written checkpoint cannot be read ({exc})"
+                ) from None
             if variable.numeric or variable.dtype.is_bool:
                 same = _same_bits(np.asarray(got), np.asarray(expected))
             else:
-                same = np.array_equal(np.asarray(got, dtype=object), np.asarray(expected, dtype=object))
+                same = np.array_equal(
+                    np.asarray(got, dtype=object), np.asarray(expected, dtype=object)
+                )
             if not same:
-                raise VerificationFailed(f"{key}: the written checkpoint does not read back as intended")
+                raise VerificationFailed(
+                    f"{key}: the written checkpoint does not read back as intended"
+                )
 
     def _write_fingerprint(self, temp: Path) -> None:
         try:
@@ -843,7 +936,7 @@ def _state_text(name: str) -> bytes:
     return text_format.MessageToString(state).encode("utf-8")
 
 
-def _load_reader(tf, prefix: Path) -> Any:
+def _load_reader(tf: Any, prefix: Path) -> Any:
     try:
         return tf.train.load_checkpoint(str(prefix))
     except Exception as exc:
