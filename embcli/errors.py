@@ -51,3 +51,15 @@ class OutputExists(EmbcliError):
 
 class MissingDependency(EmbcliError):
     "An optional dependency is needed for this file"
+
+
+class BadVocabulary(EmbcliError):
+    "A vocabulary cannot be read or does not fit the table"
+
+
+class UnknownToken(EmbcliError):
+    "A token is not in the table's vocabulary"
+
+
+class NoVocabulary(EmbcliError):
+    "No vocabulary is known for the table"

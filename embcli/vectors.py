@@ -1,19 +1,28 @@
-"""Vector files in and out: `.npy`, `.npz`, projector `.tsv` and word2vec text for export;
-`.npy`, `.npz` and plain-number text for `assign --from`."""
+"""Vector files in and out: `.npy`, `.npz`, projector `.tsv` (with `metadata.tsv`) and
+word2vec text or binary for export; `.npy`, `.npz` and plain-number text for `assign --from`.
+Token-keyed files for `assign --by-token` are read by `embcli.pretrained`."""
 
 from __future__ import annotations
 
-import io
+import math
+import os
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from embcli.errors import BadVectors, UnsupportedFormat
+from embcli.guarded import check_archive, check_directory_size
 from embcli.output import number_text
 
-EXPORT_FORMATS = {".npy": "npy", ".npz": "npz", ".tsv": "tsv", ".txt": "word2vec"}
+EXPORT_FORMATS = {".npy": "npy", ".npz": "npz", ".tsv": "tsv", ".txt": "word2vec",
+                  ".bin": "word2vec-binary"}
+TOKEN_FORMATS = ("tsv", "word2vec", "word2vec-binary")
+METADATA_SUFFIX = "metadata"
+VECTORS_STEM = "vectors"
+EMPTY_TOKEN = "<empty>"
 MAX_NPY_HEADER = 64 * 1024
 NUMERIC_KINDS = "fiub"
 
@@ -25,7 +34,8 @@ def export_format(path: Path) -> str:
         return EXPORT_FORMATS[path.suffix.lower()]
     except KeyError:
         raise UnsupportedFormat(
-            f"cannot tell the export format from {path.name!r}; use .npy, .npz, .tsv or .txt"
+            f"cannot tell the export format from {path.name!r}; use .npy, .npz, .tsv, .txt "
+            "or .bin"
         ) from None
 
 
@@ -40,7 +50,8 @@ def _needs_v2(shape: tuple[int, ...]) -> bool:
     return len(repr(shape)) > 60000
 
 
-def write_npy(handle, shape: tuple[int, ...], dtype: np.dtype, blocks: Iterable[tuple[int, np.ndarray]]) -> None:
+def write_npy(handle, shape: tuple[int, ...], dtype: np.dtype,
+              blocks: Iterable[tuple[int, np.ndarray]]) -> None:
     """Stream blocks of rows into an `.npy` file handle."""
     _npy_header(handle, shape, dtype)
     for _, block in blocks:
@@ -75,14 +86,41 @@ def write_word2vec_text(handle, shape: tuple[int, int], tokens: Sequence[str] | 
         handle.write("".join(lines))
 
 
+def write_word2vec_binary(handle, shape: tuple[int, int], tokens: Sequence[str] | None,
+                          blocks: Iterable[tuple[int, np.ndarray]]) -> None:
+    """word2vec binary, as word2vec.c writes it: a `rows dim` line, then per row the token,
+    a space, `dim` little-endian float32 values and a newline."""
+    handle.write(f"{shape[0]} {shape[1]}\n".encode())
+    for start, block in blocks:
+        block = np.ascontiguousarray(block, dtype="<f4")
+        records = []
+        for offset, row in enumerate(block):
+            index = start + offset
+            token = tokens[index] if tokens is not None else str(index)
+            records.append(_w2v_token(token).encode("utf-8") + b" " + row.tobytes() + b"\n")
+        handle.write(b"".join(records))
+
+
 def _w2v_token(token: str) -> str:
-    return token.replace(" ", "\u00a0").replace("\n", "\\n") or "<empty>"
+    return token.replace(" ", "\u00a0").replace("\n", "\\n") or EMPTY_TOKEN
+
+
+def metadata_path(vectors: Path) -> Path:
+    """Where the projector's labels go beside `vectors`: `vectors.tsv` -> `metadata.tsv`,
+    `words_vectors.tsv` -> `words_metadata.tsv`, `words.tsv` -> `words_metadata.tsv`."""
+    stem = vectors.stem
+    if stem.lower().endswith(VECTORS_STEM):
+        stem = stem[: -len(VECTORS_STEM)] + METADATA_SUFFIX
+    else:
+        stem = f"{stem}_{METADATA_SUFFIX}"
+    return vectors.with_name(stem + vectors.suffix)
 
 
 def write_metadata_tsv(handle, tokens: Sequence[str]) -> None:
     """TensorBoard projector labels: one token a line, for a single-column metadata file."""
     for token in tokens:
-        handle.write(token.replace("\t", " ").replace("\n", " ") + "\n")
+        label = token.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+        handle.write((label or EMPTY_TOKEN) + "\n")
 
 
 # Reading vectors for `assign --from` ---------------------------------------------------
@@ -95,7 +133,7 @@ def load_vectors(path: Path, key: str | None = None) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix == ".npy":
         with open(path, "rb") as handle:
-            array = _read_npy(handle, path.name)
+            array = _read_npy(handle, path.name, os.fstat(handle.fileno()).st_size)
     elif suffix == ".npz":
         array = _read_npz(path, key)
     elif suffix in (".csv", ".tsv", ".txt"):
@@ -109,20 +147,26 @@ def load_vectors(path: Path, key: str | None = None) -> np.ndarray:
     return array
 
 
-def _read_npy(handle, what: str) -> np.ndarray:
+def _read_npy(handle, what: str, size: int) -> np.ndarray:
+    """An array from an `.npy` stream of `size` bytes whose data must fill the rest of it."""
     try:
         version = np.lib.format.read_magic(handle)
         if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle, max_header_size=MAX_NPY_HEADER)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(
+                handle, max_header_size=MAX_NPY_HEADER)
         elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle, max_header_size=MAX_NPY_HEADER)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(
+                handle, max_header_size=MAX_NPY_HEADER)
         else:
             raise BadVectors(f"{what}: unsupported .npy version {version}")
     except (ValueError, SyntaxError, EOFError) as exc:
-        raise BadVectors(f"{what}: not a valid .npy file ({exc})") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadVectors(f"{what}: not a valid .npy file ({reason})") from None
     if dtype.hasobject or dtype.fields is not None or dtype.kind not in NUMERIC_KINDS:
         raise BadVectors(f"{what}: holds {dtype} values; only plain numbers are accepted")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
+    if count * dtype.itemsize != size - handle.tell():
+        raise BadVectors(f"{what}: the data does not match its declared shape {shape}")
     data = handle.read(count * dtype.itemsize + 1)
     if len(data) != count * dtype.itemsize:
         raise BadVectors(f"{what}: the data does not match its declared shape {shape}")
@@ -131,20 +175,28 @@ def _read_npy(handle, what: str) -> np.ndarray:
 
 
 def _read_npz(path: Path, key: str | None) -> np.ndarray:
+    with open(path, "rb") as handle:
+        check_directory_size(handle.fileno(), os.fstat(handle.fileno()).st_size)
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise BadVectors(f"{path.name}: not a valid .npz file ({exc})") from None
     with archive:
+        check_archive(archive, path.stat().st_size)
         keys = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
         if key is None:
             if len(keys) != 1:
-                raise BadVectors(f"{path.name} holds {len(keys)} arrays; choose one with --key: {', '.join(keys)}")
+                raise BadVectors(f"{path.name} holds {len(keys)} arrays; choose one with "
+                                 f"--key: {', '.join(keys)}")
             key = keys[0]
         if key not in keys:
             raise BadVectors(f"{path.name} has no array {key!r}; it has: {', '.join(keys)}")
-        with archive.open(f"{key}.npy") as member:
-            return _read_npy(io.BytesIO(member.read()), f"{path.name}[{key}]")
+        info = archive.getinfo(f"{key}.npy")
+        try:
+            with archive.open(info) as member:
+                return _read_npy(member, f"{path.name}[{key}]", info.file_size)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+            raise BadVectors(f"{path.name}[{key}]: cannot be read ({exc})") from None
 
 
 def _read_text(path: Path, delimiter: str | None) -> np.ndarray:
@@ -160,9 +212,11 @@ def _read_text(path: Path, delimiter: str | None) -> np.ndarray:
                 try:
                     row = [_parse_number(p) for p in parts]
                 except ValueError:
-                    raise BadVectors(f"{path.name}, line {number}: not a number: {parts[0][:40]!r}") from None
+                    raise BadVectors(f"{path.name}, line {number}: not a number: "
+                                     f"{parts[0][:40]!r}") from None
                 if width is not None and len(row) != width:
-                    raise BadVectors(f"{path.name}, line {number}: {len(row)} values, expected {width}")
+                    raise BadVectors(
+                        f"{path.name}, line {number}: {len(row)} values, expected {width}")
                 width = len(row)
                 rows.append(row)
     except UnicodeDecodeError as exc:

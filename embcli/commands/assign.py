@@ -6,16 +6,26 @@ from pathlib import Path
 
 import click
 
-from embcli.commands.options import layer_option, model_argument
+from embcli.commands.options import (
+    check_vocab_options,
+    layer_option,
+    model_argument,
+    vocab_options,
+)
+
+# embcli.pretrained.FORMATS, named here so that the CLI starts without importing numpy.
+VECTOR_FORMATS = ("glove", "word2vec", "word2vec-binary", "fasttext", "tsv")
 
 
 @click.command()
 @model_argument
 @layer_option
 @click.option("--from", "source", type=click.Path(dir_okay=False, path_type=Path),
-              help="Vectors: .npy, .npz (see --key), or .csv/.tsv/.txt numbers, one row each.")
+              help="Vectors: .npy, .npz (see --key), or .csv/.tsv/.txt numbers, one row "
+              "each; with --by-token, vectors keyed by token.")
 @click.option("--key", help="The array to use from an .npz file.")
-@click.option("--fill", type=click.Choice(["zeros"]), help="Fill the rows instead of reading vectors.")
+@click.option("--fill", type=click.Choice(["zeros"]),
+              help="Fill the rows instead of reading vectors.")
 @click.option("--rows", "row_specs", multiple=True, metavar="SPEC",
               help="Rows to replace, as for `rows`, comma-separated (3,7,10:20). "
               "Without it the vectors replace the whole table.")
@@ -26,17 +36,27 @@ from embcli.commands.options import layer_option, model_argument
 @click.option("--allow-nonfinite", is_flag=True, help="Write NaN and Inf values.")
 @click.option("--reset-optimizer-rows", is_flag=True,
               help="Also zero these rows in the saved optimizer's slots for the table.")
+@click.option("--by-token", is_flag=True,
+              help="FILE holds vectors keyed by token (GloVe, word2vec text or binary, fastText "
+              ".vec, TSV); each row whose token appears in it gets that vector.")
+@click.option("--format", "vector_format", type=click.Choice(VECTOR_FORMATS),
+              help="The format of the --by-token FILE, when its detection guesses wrong.")
+@click.option("--lowercase", is_flag=True,
+              help="With --by-token, look each vocabulary token up in lower case.")
+@vocab_options
 def assign(model: str, layer: str | None, source: Path | None, key: str | None,
            fill: str | None, row_specs: tuple[str, ...], output: Path | None, in_place: bool,
            force: bool, allow_lossy: bool, allow_nonfinite: bool,
-           reset_optimizer_rows: bool) -> None:
+           reset_optimizer_rows: bool, by_token: bool, vector_format: str | None,
+           lowercase: bool, vocab_path: str | None, vocab_column: str | None) -> None:
     """Write a copy of MODEL, in the same format, in which the given rows hold new vectors.
-    Everything else is kept bit for bit.
+    Everything else is kept bit for bit. With --by-token, a coverage report goes to stderr.
 
     \b
     Example:
         embcli assign model.keras --from vecs.npy --rows 3,7 -o new.keras
         embcli assign model.keras -l words --fill zeros --rows 0 --in-place
+        embcli assign model.keras -l words --by-token --from glove.6B.50d.txt -o new.keras
     """
     import numpy as np
 
@@ -51,11 +71,16 @@ def assign(model: str, layer: str | None, source: Path | None, key: str | None,
         raise click.UsageError("give exactly one of -o OUTPUT and --in-place")
     if key is not None and source is None:
         raise click.UsageError("--key goes with --from")
+    check_by_token_options(by_token, source, key, row_specs, vector_format, lowercase,
+                           vocab_path, vocab_column)
     with open_model(model) as opened:
         table = find_table(opened, layer)
         indices = (parse_rows(row_specs, table.rows, unique=True) if row_specs
                    else np.arange(table.rows, dtype=np.int64))
-        if source is not None:
+        if by_token:
+            indices, values = token_vectors(opened, table, source, vector_format, lowercase,
+                                            vocab_path, vocab_column, output, force, in_place)
+        elif source is not None:
             values = load_vectors(source, key)
             if not row_specs and values.shape[0] != table.rows:
                 raise click.ClickException(
@@ -70,8 +95,58 @@ def assign(model: str, layer: str | None, source: Path | None, key: str | None,
             allow_lossy=allow_lossy, allow_nonfinite=allow_nonfinite,
             reset_optimizer_rows=reset_optimizer_rows,
         )
-    slots = f" and {len(result.optimizer_slots)} optimizer slot(s)" if result.optimizer_slots else ""
+    slots = (f" and {len(result.optimizer_slots)} optimizer slot(s)"
+             if result.optimizer_slots else "")
     click.echo(f"assigned {result.rows} row(s) of {table.name}{slots}; wrote {target}", err=True)
+
+
+def check_by_token_options(by_token: bool, source: Path | None, key: str | None,
+                           row_specs: tuple[str, ...], vector_format: str | None,
+                           lowercase: bool, vocab_path: str | None,
+                           vocab_column: str | None) -> None:
+    check_vocab_options(vocab_path, vocab_column)
+    if not by_token:
+        for given, name in ((vector_format, "--format"), (lowercase, "--lowercase"),
+                            (vocab_path, "--vocab")):
+            if given:
+                raise click.UsageError(f"{name} goes with --by-token")
+        return
+    if source is None:
+        raise click.UsageError("--by-token needs --from FILE")
+    if row_specs:
+        raise click.UsageError("--by-token chooses the rows itself; leave out --rows")
+    if key is not None:
+        raise click.UsageError("--key has no use with --by-token")
+
+
+def token_vectors(opened, table, source: Path, vector_format: str | None, lowercase: bool,
+                  vocab_path: str | None, vocab_column: str | None, output: Path | None,
+                  force: bool, in_place: bool):
+    """The rows whose token has a vector in `source`, and those vectors; prints coverage."""
+    from embcli.atomic import check_output
+    from embcli.edit import output_suffix_problem
+    from embcli.errors import BadVectors, NoVocabulary, UnsupportedEdit
+    from embcli.pretrained import vocabulary_vectors
+    from embcli.vocab import table_vocabulary
+
+    vocabulary = table_vocabulary(opened, table, vocab_path, vocab_column)
+    if vocabulary is None:
+        raise NoVocabulary(f"no vocabulary is known for {table.name}; give one with --vocab FILE")
+    if not in_place:
+        check_output(output, force)
+        problem = output_suffix_problem(opened, output)
+        if problem:
+            raise UnsupportedEdit(problem)
+    problem = vocabulary.size_problem(table)
+    if problem:
+        click.echo(f"warning: {problem}", err=True)
+    indices, values, coverage = vocabulary_vectors(
+        vocabulary, table.rows, source, fmt=vector_format, dim=table.dim, lowercase=lowercase)
+    for line in coverage.lines():
+        click.echo(line, err=True)
+    if not len(indices):
+        raise BadVectors(f"no token of the vocabulary of {table.name} appears in {source.name}")
+    return indices, values
 
 
 COMMANDS = [assign]

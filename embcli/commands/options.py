@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import re
+from collections.abc import Callable
 
 import click
 
@@ -42,3 +41,23 @@ def reject_unknown_options(arguments: tuple[str, ...]) -> None:
     for argument in arguments:
         if argument.startswith("-") and not re.match(r"^-[\d:]", argument):
             raise click.NoSuchOption(argument)
+
+
+def vocab_options(command: Callable) -> Callable:
+    """--vocab FILE and --vocab-column NAME: a vocabulary given by the user."""
+    command = click.option(
+        "--vocab-column", metavar="NAME",
+        help="Read --vocab as a TSV with a header row and take the tokens from column NAME.",
+    )(command)
+    command = click.option(
+        "--vocab", "vocab_path", metavar="FILE",
+        type=click.Path(dir_okay=False, path_type=str),
+        help="The table's tokens, one a line in row order, instead of the model's own "
+        "lookup layer.",
+    )(command)
+    return command
+
+
+def check_vocab_options(vocab_path: str | None, vocab_column: str | None) -> None:
+    if vocab_column is not None and vocab_path is None:
+        raise click.UsageError("--vocab-column goes with --vocab FILE")
