@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,15 +55,22 @@ def aligned(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     numeric = [
         all(_is_number(row[i]) for row in rows) if rows else False for i in range(len(headers))
     ]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    widths = [max(display_width(r[i]) for r in cells) for i in range(len(headers))]
     lines = []
     for row in cells:
-        parts = [
-            cell.rjust(widths[i]) if numeric[i] else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ]
+        parts = [_pad(cell, widths[i], right=numeric[i]) for i, cell in enumerate(row)]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
+
+
+def display_width(text: str) -> int:
+    """Columns a string takes in a terminal: wide East Asian characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(cell: str, width: int, right: bool) -> str:
+    padding = " " * (width - display_width(cell))
+    return padding + cell if right else cell + padding
 
 
 def _cell(value: Any) -> str:
