@@ -104,7 +104,15 @@ class _Moments:
         mean = float(values.mean())
         deviations = values - mean
         np.square(deviations, out=deviations)
-        m2 = float(deviations.sum())
+        self._merge(count, mean, float(deviations.sum()))
+
+    def add_sums(self, count: int, total: float, squares: float) -> None:
+        """Add `count` values known by their sum and sum of squares."""
+        if count:
+            mean = total / count
+            self._merge(count, mean, max(0.0, squares - count * mean * mean))
+
+    def _merge(self, count: int, mean: float, m2: float) -> None:
         total = self.count + count
         delta = mean - self.mean
         self.mean += delta * count / total
@@ -127,30 +135,31 @@ class _StatsAccumulator:
     moments: _Moments = field(default_factory=_Moments)
 
     def add(self, block: np.ndarray) -> None:
-        values = block.astype(np.float64)
-        nan = np.isnan(values)
-        inf = np.isinf(values)
-        nan_rows = nan.any(axis=1)
-        inf_rows = inf.any(axis=1)
-        bad_rows = nan_rows | inf_rows
-        self.nan_rows += int(nan_rows.sum())
-        self.inf_rows += int(inf_rows.sum())
-        self.nonfinite_rows += int(bad_rows.sum())
-        self.zero_rows += int((values == 0).all(axis=1).sum())
+        with np.errstate(invalid="ignore", over="ignore"):
+            sums = block.sum(axis=1, dtype=np.float64)
+            squares = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+        bad_rows = ~(np.isfinite(sums) & np.isfinite(squares))
+        self.zero_rows += int((squares == 0).sum())
         if bad_rows.any():
-            finite_rows = values[~bad_rows]
-            self.moments.add(values[~(nan | inf)])
-        else:
-            finite_rows = values
-            self.moments.add(values.reshape(-1))
-        if len(finite_rows):
-            norms = np.sqrt(np.einsum("ij,ij->i", finite_rows, finite_rows))
-            self.norm_count += len(norms)
-            self.norm_sum += float(norms.sum())
-            self.norm_min = min(self.norm_min, float(norms.min()))
-            self.norm_max = max(self.norm_max, float(norms.max()))
-            if self.max_norm is not None:
-                self.over_norm += int((norms > self.max_norm).sum())
+            suspect = block[bad_rows].astype(np.float64)
+            nan = np.isnan(suspect)
+            inf = np.isinf(suspect)
+            self.nan_rows += int(nan.any(axis=1).sum())
+            self.inf_rows += int(inf.any(axis=1).sum())
+            self.nonfinite_rows += int(bad_rows.sum())
+            self.moments.add(suspect[~(nan | inf)])
+            sums = sums[~bad_rows]
+            squares = squares[~bad_rows]
+        if not len(squares):
+            return
+        self.moments.add_sums(len(squares) * block.shape[1], float(sums.sum()), float(squares.sum()))
+        norms = np.sqrt(squares)
+        self.norm_count += len(norms)
+        self.norm_sum += float(norms.sum())
+        self.norm_min = min(self.norm_min, float(norms.min()))
+        self.norm_max = max(self.norm_max, float(norms.max()))
+        if self.max_norm is not None:
+            self.over_norm += int((norms > self.max_norm).sum())
 
     def result(self, table: Table, duplicate_rows: int) -> TableStats:
         normed = self.norm_count > 0
