@@ -64,12 +64,13 @@ def temporary_folder(parent: Path) -> Iterator[Path]:
     """A fresh temporary folder in `parent`, removed on exit whatever happens."""
     remove_stale_temporaries(parent)
     folder = parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-    folder.mkdir()
-    try:
-        with _terminate_as_interrupt():
+    with _terminate_as_interrupt():
+        try:
+            folder.mkdir()
             yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            with signals_deferred():
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -88,6 +89,20 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until cleanup that must not be cut short is done."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def check_output(output: Path, force: bool) -> None:
@@ -255,12 +270,16 @@ def patch_in_place(plan: WritePlan, verify: Callable[[Path, list], None]) -> Non
         for item in plan.files:
             fd = os.open(item.target, os.O_RDWR)
             opened.append((item, fd, file_changes(fd, item, item.target.name)))
-        journals = [
-            journal.write_journal(item.target.absolute(), changes)
-            for item, _, changes in opened
-        ]
+        journals: list[Path] = []
         with _terminate_as_interrupt():
             try:
+                for item, _, changes in opened:
+                    target = item.target.absolute()
+                    try:
+                        journals.append(journal.write_journal(target, changes))
+                    except KeyboardInterrupt:
+                        journal.journal_path(target).unlink(missing_ok=True)
+                        raise
                 for _, fd, changes in opened:
                     _apply(fd, changes)
                     os.fsync(fd)
@@ -268,11 +287,13 @@ def patch_in_place(plan: WritePlan, verify: Callable[[Path, list], None]) -> Non
                     if item.checks:
                         verify(item.target, item.checks)
             except BaseException:
-                for path in journals:
-                    journal.roll_back(path)
+                with signals_deferred():
+                    for path in journals:
+                        journal.roll_back(path)
                 raise
-        for path in journals:
-            journal.discard(path)
+            with signals_deferred():
+                for path in journals:
+                    journal.discard(path)
     finally:
         for _, fd, _ in opened:
             os.close(fd)

@@ -13,8 +13,11 @@ import io
 import json
 import os
 import stat
+import struct
 import zipfile
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -37,7 +40,31 @@ MAX_INFLATED_BYTES = 4 * 1024**3
 SHAPE_BOMB_FLOOR = 1024 * 1024
 MAX_DIMS = 8
 
+MAX_CENTRAL_DIRECTORY = 16 * 1024 * 1024
+
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    struct.error,
+    OSError,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+)
+H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError, OverflowError)
+
+READABLE_ATTRIBUTE_CLASSES = (h5py.h5t.STRING, h5py.h5t.INTEGER, h5py.h5t.FLOAT)
+
+HEAP_SCAN_BLOCK = 16 * 1024 * 1024
+MAX_GLOBAL_HEAP = 1024 * 1024 * 1024
+
+_GLOBAL_HEAP = b"GCOL\x01"
 _LOCAL_HEADER_SIZE = 30
+_END_RECORD = b"PK\x05\x06"
+_END_RECORD_SIZE = 22
+_ZIP64_LOCATOR = b"PK\x06\x07"
+_ZIP64_LOCATOR_SIZE = 20
+_ZIP64_END_RECORD = b"PK\x06\x06"
 
 
 def sniff(path: Path) -> bytes:
@@ -134,11 +161,6 @@ def _check_dataset(path: str, ds: h5py.Dataset, file_size: int) -> DatasetInfo:
         raise MalformedFile(f"{path}: {len(shape)} dimensions")
     dtype = ds.dtype
     is_bfloat16 = False
-    if dtype.kind == "V" and dtype.itemsize == 2 and dtype.fields is None:
-        marker = ds.attrs.get("dtype")
-        if isinstance(marker, bytes):
-            marker = marker.decode("utf-8", "replace")
-        is_bfloat16 = marker == "bfloat16"
     declared = int(np.prod(shape, dtype=np.float64) * dtype.itemsize) if shape else dtype.itemsize
     stored = ds.id.get_storage_size()
     if declared > SHAPE_BOMB_FLOOR and declared > 2 * stored:
@@ -159,8 +181,83 @@ def _check_dataset(path: str, ds: h5py.Dataset, file_size: int) -> DatasetInfo:
     )
 
 
-def index_h5(handle: h5py.File, file_size: int) -> H5Index:
-    """Walk a whole HDF5 file, refusing links, external data and bombs anywhere in it."""
+def _is_bfloat16(ds: h5py.Dataset) -> bool:
+    """Keras stores bfloat16 as 2-byte opaque values marked by a `dtype` attribute."""
+    dtype = ds.dtype
+    if dtype.kind != "V" or dtype.itemsize != 2 or dtype.fields is not None:
+        return False
+    return read_attr_text(ds, "dtype") == "bfloat16" if "dtype" in ds.attrs else False
+
+
+def check_global_heaps(
+    read: Callable[[int, int], bytes], file_size: int, data: list[tuple[int, int]], length_size: int
+) -> None:
+    """Refuse global heap collections whose objects the HDF5 library would walk forever.
+
+    HDF5 walks a collection object by object, each object's header giving the next one's
+    place; an object that does not move it on (free space of size 0, or a size that wraps
+    around) makes that walk never end. Collections live in the file's metadata, so only the
+    bytes outside contiguous dataset data (`data`) are scanned for them.
+    """
+    header_size = 8 + length_size
+    position = 0
+    for start, end in [*sorted(data), (file_size, file_size)]:
+        at = position
+        while at < start:
+            block = read(at, min(HEAP_SCAN_BLOCK, start - at) + len(_GLOBAL_HEAP) - 1)
+            found = block.find(_GLOBAL_HEAP)
+            while 0 <= found < HEAP_SCAN_BLOCK:
+                _check_heap(read, at + found, file_size, header_size, length_size)
+                found = block.find(_GLOBAL_HEAP, found + 1)
+            at += HEAP_SCAN_BLOCK
+        position = max(position, end)
+
+
+def _check_heap(
+    read: Callable[[int, int], bytes],
+    address: int,
+    file_size: int,
+    header_size: int,
+    length_size: int,
+) -> None:
+    head = read(address, 8 + length_size)
+    size = int.from_bytes(head[8:], "little")
+    if len(head) < 8 + length_size or size < 8 + length_size or address + size > file_size:
+        return
+    if size > MAX_GLOBAL_HEAP:
+        raise UnsafeFile(f"HDF5 global heap at {address} holds {size} bytes")
+    heap = read(address, size)
+    position = 8 + length_size
+    while position + header_size <= size:
+        index = int.from_bytes(heap[position : position + 2], "little")
+        length = int.from_bytes(heap[position + 8 : position + header_size], "little")
+        step = header_size + -(-length // 8) * 8 if index else length
+        if step == 0 or step > size - position:
+            raise MalformedFile(f"damaged HDF5 global heap at {address}")
+        position += step
+
+
+def _reader(source: str | os.PathLike | BinaryIO) -> Callable[[int, int], bytes]:
+    if isinstance(source, (str, os.PathLike)):
+
+        def read(offset: int, length: int) -> bytes:
+            with open(source, "rb") as handle:
+                return os.pread(handle.fileno(), length, offset)
+
+        return read
+
+    def read_window(offset: int, length: int) -> bytes:
+        source.seek(offset)
+        return source.read(length) or b""
+
+    return read_window
+
+
+def index_h5(
+    handle: h5py.File, file_size: int, read: Callable[[int, int], bytes] | None = None
+) -> H5Index:
+    """Walk a whole HDF5 file, refusing links, external data and bombs anywhere in it.
+    With `read`, the file's global heaps are checked before any attribute is read."""
     index = H5Index()
     seen: set[int] = set()
     stack: list[tuple[str, h5py.Group, int]] = [("", handle, 0)]
@@ -189,6 +286,17 @@ def index_h5(handle: h5py.File, file_size: int) -> H5Index:
             elif isinstance(obj, h5py.Group):
                 index.groups.append(path)
                 stack.append((path, obj, depth + 1))
+    if read is not None:
+        data = [
+            (info.offset, info.offset + handle[path].id.get_storage_size())
+            for path, info in index.datasets.items()
+            if info.offset is not None
+        ]
+        length_size = handle.id.get_create_plist().get_sizes()[1]
+        check_global_heaps(read, file_size, data, length_size)
+    for path, info in index.datasets.items():
+        if _is_bfloat16(handle[path]):
+            index.datasets[path] = replace(info, dtype="bfloat16", is_bfloat16=True)
     return index
 
 
@@ -196,11 +304,11 @@ def open_h5(source: str | os.PathLike | BinaryIO, file_size: int) -> tuple[h5py.
     """Open an HDF5 file read-only and check all of it. Raises before any weight is read."""
     try:
         handle = h5py.File(source, "r", locking=False)
-    except (OSError, ValueError) as exc:
+    except H5_ERRORS as exc:
         raise MalformedFile(f"not a readable HDF5 file ({exc})") from None
     try:
-        return handle, index_h5(handle, file_size)
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+        return handle, index_h5(handle, file_size, _reader(source))
+    except H5_ERRORS as exc:
         handle.close()
         raise MalformedFile(f"damaged HDF5 file ({exc})") from None
     except BaseException:
@@ -208,10 +316,35 @@ def open_h5(source: str | os.PathLike | BinaryIO, file_size: int) -> tuple[h5py.
         raise
 
 
+def h5_root_names(path: str | os.PathLike) -> set[str]:
+    """The names of an HDF5 file's root attributes and members, to tell its kind."""
+    try:
+        with h5py.File(path, "r", locking=False) as handle:
+            return set(handle.attrs.keys()) | set(handle.keys())
+    except H5_ERRORS as exc:
+        raise MalformedFile(f"{path}: not a readable HDF5 file ({exc})") from None
+
+
 def read_attr_text(obj: h5py.HLObject, name: str) -> str | None:
     """A string attribute, decoded; None when absent."""
+    try:
+        return _attr_text(obj, name)
+    except H5_ERRORS as exc:
+        raise MalformedFile(f"attribute {name!r} cannot be read ({exc})") from None
+
+
+def _check_attribute_type(obj: h5py.HLObject, name: str) -> None:
+    """Refuse to read an attribute that is not text or numbers: HDF5 mishandles some
+    damaged variable-length types badly enough to crash the process."""
+    kind = h5py.h5a.open(obj.id, name.encode()).get_type().get_class()
+    if kind not in READABLE_ATTRIBUTE_CLASSES:
+        raise MalformedFile(f"attribute {name!r} holds neither text nor numbers")
+
+
+def _attr_text(obj: h5py.HLObject, name: str) -> str | None:
     if name not in obj.attrs:
         return None
+    _check_attribute_type(obj, name)
     value = obj.attrs[name]
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -228,12 +361,21 @@ def read_value_text(value: Any) -> str:
 
 def read_attr_list(obj: h5py.HLObject, name: str) -> list[str] | None:
     """A list-of-strings attribute, joining Keras's split `name0`, `name1`, ... chunks."""
+    try:
+        return _attr_list(obj, name)
+    except H5_ERRORS as exc:
+        raise MalformedFile(f"attribute {name!r} cannot be read ({exc})") from None
+
+
+def _attr_list(obj: h5py.HLObject, name: str) -> list[str] | None:
     if name in obj.attrs:
+        _check_attribute_type(obj, name)
         values = list(np.atleast_1d(obj.attrs[name]))
     elif f"{name}0" in obj.attrs:
         values = []
         chunk = 0
         while f"{name}{chunk}" in obj.attrs:
+            _check_attribute_type(obj, f"{name}{chunk}")
             values.extend(np.atleast_1d(obj.attrs[f"{name}{chunk}"]))
             chunk += 1
     else:
@@ -257,6 +399,29 @@ def _is_safe_member_name(name: str) -> bool:
     if len(name) > 1 and name[1] == ":":
         return False
     return ".." not in name.split("/")
+
+
+def check_directory_size(fd: int, archive_size: int) -> None:
+    """Refuse an archive whose end record declares too many members or too large a central
+    directory, before `zipfile` parses (and builds an object for) every entry."""
+    tail_start = max(0, archive_size - _END_RECORD_SIZE - 0xFFFF)
+    tail = os.pread(fd, archive_size - tail_start, tail_start)
+    at = tail.rfind(_END_RECORD)
+    if at < 0 or len(tail) - at < _END_RECORD_SIZE:
+        return
+    entries, directory_size = struct.unpack_from("<HI", tail, at + 10)
+    locator = at - _ZIP64_LOCATOR_SIZE
+    if locator >= 0 and tail[locator : locator + 4] == _ZIP64_LOCATOR:
+        (record_offset,) = struct.unpack_from("<Q", tail, locator + 8)
+        record = os.pread(fd, 56, record_offset) if record_offset < archive_size else b""
+        if len(record) == 56 and record[:4] == _ZIP64_END_RECORD:
+            entries, directory_size = struct.unpack_from("<QQ", record, 32)
+    if entries > MAX_ZIP_MEMBERS:
+        raise UnsafeFile(f"archive has {entries} members")
+    if directory_size > MAX_CENTRAL_DIRECTORY:
+        raise UnsafeFile(
+            f"archive's central directory is larger than {MAX_CENTRAL_DIRECTORY} bytes"
+        )
 
 
 def check_archive(archive: zipfile.ZipFile, archive_size: int) -> None:
@@ -332,7 +497,7 @@ def read_member(archive: zipfile.ZipFile, name: str, limit: int = MAX_JSON_BYTES
     try:
         with archive.open(info) as fh:
             data = fh.read(limit + 1)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except ZIP_ERRORS as exc:
         raise MalformedFile(f"archive member {name!r} cannot be read ({exc})") from None
     if len(data) > limit:
         raise UnsafeFile(f"archive member {name!r} is larger than {limit} bytes")

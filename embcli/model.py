@@ -11,7 +11,6 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import h5py
 import ml_dtypes
 import numpy as np
 
@@ -23,7 +22,13 @@ from embcli.errors import (
     UnsupportedFormat,
 )
 from embcli.formats.base import ModelFile, Table
-from embcli.guarded import HDF5_SIGNATURE, ZIP_EMPTY_SIGNATURE, ZIP_SIGNATURE, sniff
+from embcli.guarded import (
+    HDF5_SIGNATURE,
+    ZIP_EMPTY_SIGNATURE,
+    ZIP_SIGNATURE,
+    h5_root_names,
+    sniff,
+)
 from embcli.journal import recover
 
 BLOCK_BYTES = 32 * 1024 * 1024
@@ -75,13 +80,7 @@ def _hdf5_after_userblock(path: Path) -> bool:
 
 
 def _hdf5_kind(path: Path) -> str:
-    try:
-        with h5py.File(path, "r", locking=False) as handle:
-            attributes = set(handle.attrs.keys())
-            members = set(handle.keys())
-    except (OSError, ValueError) as exc:
-        raise MalformedFile(f"{path}: not a readable HDF5 file ({exc})") from None
-    if (attributes | members) & set(LEGACY_ROOT_MARKERS):
+    if h5_root_names(path) & set(LEGACY_ROOT_MARKERS):
         return "legacy-h5"
     return "keras-weights"
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 import math
 import os
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from embcli.errors import BadVectors, UnsupportedFormat
-from embcli.guarded import check_archive, check_directory_size
+from embcli.guarded import ZIP_ERRORS, check_archive, check_directory_size
 from embcli.output import number_text
 
 EXPORT_FORMATS = {".npy": "npy", ".npz": "npz", ".tsv": "tsv", ".txt": "word2vec",
@@ -55,7 +54,8 @@ def write_npy(handle, shape: tuple[int, ...], dtype: np.dtype,
     """Stream blocks of rows into an `.npy` file handle."""
     _npy_header(handle, shape, dtype)
     for _, block in blocks:
-        handle.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
+        handle.write(memoryview(np.ascontiguousarray(block, dtype=dtype)).cast("B"))
+        del block
 
 
 def write_npz(path: Path, tables: Sequence[tuple[str, tuple[int, ...], np.dtype, Blocks]]) -> None:
@@ -179,7 +179,7 @@ def _read_npz(path: Path, key: str | None) -> np.ndarray:
         check_directory_size(handle.fileno(), os.fstat(handle.fileno()).st_size)
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except ZIP_ERRORS as exc:
         raise BadVectors(f"{path.name}: not a valid .npz file ({exc})") from None
     with archive:
         check_archive(archive, path.stat().st_size)
@@ -195,7 +195,7 @@ def _read_npz(path: Path, key: str | None) -> np.ndarray:
         try:
             with archive.open(info) as member:
                 return _read_npy(member, f"{path.name}[{key}]", info.file_size)
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+        except ZIP_ERRORS as exc:
             raise BadVectors(f"{path.name}[{key}]: cannot be read ({exc})") from None
 
 

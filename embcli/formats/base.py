@@ -19,7 +19,7 @@ import ml_dtypes
 import numpy as np
 
 from embcli.errors import MalformedFile, UnsupportedEdit
-from embcli.guarded import DatasetInfo, open_h5
+from embcli.guarded import H5_ERRORS, DatasetInfo, open_h5
 
 EMBEDDING_SUFFIX = "Embedding"
 EMBEDDING_VARIABLE = "embeddings"
@@ -241,7 +241,7 @@ class H5Source:
         info = self.info(dataset)
         try:
             return read_dataset(self.handle[info.path], info, rows)
-        except (OSError, ValueError, TypeError) as exc:
+        except H5_ERRORS as exc:
             raise MalformedFile(f"{info.path}: cannot read ({exc})") from None
 
     def patches(

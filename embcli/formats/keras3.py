@@ -40,6 +40,7 @@ from embcli.formats.naming import (
     groups_from_config,
 )
 from embcli.guarded import (
+    ZIP_ERRORS,
     FileWindow,
     check_archive,
     check_directory_size,
@@ -122,7 +123,7 @@ class Keras3File(ModelFile):
         check_directory_size(self._fd, size)
         try:
             self._archive = zipfile.ZipFile(open(self.path, "rb"))  # noqa: SIM115
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except ZIP_ERRORS as exc:
             raise MalformedFile(f"{self.path}: not a readable zip archive ({exc})") from None
         check_archive(self._archive, size)
         names = set(self._archive.namelist())
@@ -160,7 +161,7 @@ class Keras3File(ModelFile):
                     if written > info.file_size:
                         raise UnsafeFile(f"{self.path}: {info.filename} is larger than declared")
                     spill.write(chunk)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except ZIP_ERRORS as exc:
             spill.close()
             raise MalformedFile(f"{self.path}: {info.filename} cannot be read ({exc})") from None
         spill.seek(0)
