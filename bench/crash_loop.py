@@ -5,9 +5,9 @@ Usage:
     python bench/crash_loop.py --kills 1000 --rows 1000000 --seed 3
 
 The loops and their checks are those of tests/test_crash.py: after every kill the model
-is its old bytes or its new bytes (or, cut short mid-patch, is put back by the next
-embcli command from its journal); a killed `-o` run leaves no partial output; leftovers
-are only `.embcli-tmp-*` / `.embcli-journal-*`, which the next write removes; an
+is its old bytes or its new bytes (or, cut short mid-patch, is refused by reads and put
+back by `embcli recover` from its journal); a killed `-o` run leaves no partial output;
+leftovers are only `.embcli-tmp-*` / `.embcli-journal-*`, which the next write removes; an
 interrupted run leaves nothing at all. Exits 1 if any check failed.
 """
 

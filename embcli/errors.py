@@ -63,3 +63,7 @@ class UnknownToken(EmbcliError):
 
 class NoVocabulary(EmbcliError):
     "No vocabulary is known for the table"
+
+
+class InterruptedEdit(EmbcliError):
+    "An in-place edit was killed half done; `embcli recover` rolls it back"

@@ -2,9 +2,13 @@
 
 Before `assign --in-place` patches a file, it writes the bytes it will overwrite to
 `.embcli-journal-<pid>-<file name>` beside it and fsyncs that. If the process dies while
-patching, the next embcli command that opens anything in that folder puts the old bytes
-back, so the file is once more exactly what it was. A journal that was not completely
-written means patching never began, and is simply removed.
+patching, the journal stays behind: commands that only read refuse the half-edited file,
+and `embcli recover` or the next `assign --in-place` in that folder puts the old bytes
+back, so the file is once more exactly what it was.
+
+A journal is acted on only when it proves it belongs to the file: it records the file's
+device, inode and size, which a file planted in a downloaded folder cannot know. Reading
+never writes.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ def journal_path(target: Path) -> Path:
 def write_journal(target: Path, changes: list[tuple[int, bytes, bytes]]) -> Path:
     """Record `(offset, old, new)` changes' old bytes, durably, before they are made."""
     blob = b"".join(old for _, old, _ in changes)
+    status = target.stat()
     header = {
         "file": target.name,
-        "size": target.stat().st_size,
+        "device": status.st_dev,
+        "inode": status.st_ino,
+        "size": status.st_size,
         "entries": [[offset, len(old)] for offset, old, _ in changes],
         "sha256": hashlib.sha256(blob).hexdigest(),
     }
@@ -50,22 +57,76 @@ def discard(journal: Path) -> None:
     _fsync_dir(journal.parent)
 
 
-def roll_back(journal: Path) -> bool:
-    """Put back the bytes a journal saved; True when it changed the file."""
+def _read(journal: Path) -> tuple[dict, bytes] | None:
+    """A journal's header and saved bytes, or None when it is incomplete or not one."""
     try:
         data = journal.read_bytes()
         header_line, _, blob = data[len(_MAGIC) :].partition(b"\n")
         header = json.loads(header_line)
-        complete = data.startswith(_MAGIC) and hashlib.sha256(blob).hexdigest() == header["sha256"]
-    except (ValueError, KeyError, OSError):
-        complete = False
-    if not complete:
+        if data.startswith(_MAGIC) and hashlib.sha256(blob).hexdigest() == header["sha256"]:
+            return header, blob
+    except (ValueError, KeyError, TypeError, OSError):
+        pass
+    return None
+
+
+def _target(journal: Path, header: dict) -> Path | None:
+    """The file a journal was written for, if it is still that very file."""
+    name = header.get("file")
+    if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+        return None
+    target = journal.parent / name
+    try:
+        status = target.lstat()
+    except OSError:
+        return None
+    same = (status.st_dev, status.st_ino, status.st_size) == (
+        header.get("device"),
+        header.get("inode"),
+        header.get("size"),
+    )
+    return target if same and target.is_file() and not target.is_symlink() else None
+
+
+def _left_by_dead_process(journal: Path) -> bool:
+    pid_text = journal.name[len(JOURNAL_PREFIX) :].split("-", 1)[0]
+    if not pid_text.isdigit() or journal.is_symlink() or not journal.is_file():
+        return False
+    return int(pid_text) != os.getpid() and not _alive(int(pid_text))
+
+
+def _journals(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.name.startswith(JOURNAL_PREFIX))
+    except OSError:
+        return []
+
+
+def pending(folder: Path) -> list[tuple[Path, Path]]:
+    """`(journal, file)` for each edit in `folder` that a killed process left half done."""
+    found = []
+    for journal in _journals(folder):
+        if not _left_by_dead_process(journal):
+            continue
+        read = _read(journal)
+        target = _target(journal, read[0]) if read else None
+        if target is not None:
+            found.append((journal, target))
+    return found
+
+
+def roll_back(journal: Path) -> bool:
+    """Put back the bytes a journal saved, if it belongs to its file; True when it did.
+
+    A journal that is incomplete (patching never began) or no longer matches its file
+    is removed without touching anything else.
+    """
+    read = _read(journal)
+    target = _target(journal, read[0]) if read else None
+    if target is None:
         discard(journal)
         return False
-    target = journal.parent / header["file"]
-    if target.name != Path(header["file"]).name or not target.is_file():
-        discard(journal)
-        return False
+    header, blob = read
     fd = os.open(target, os.O_WRONLY)
     try:
         position = 0
@@ -80,21 +141,14 @@ def roll_back(journal: Path) -> bool:
 
 
 def recover(folder: Path) -> list[str]:
-    """Roll back every edit in `folder` that a dead embcli process left unfinished."""
-    restored = []
-    try:
-        entries = [p for p in folder.iterdir() if p.name.startswith(JOURNAL_PREFIX)]
-    except OSError:
-        return restored
-    for journal in entries:
-        pid_text = journal.name[len(JOURNAL_PREFIX) :].split("-", 1)[0]
-        if not pid_text.isdigit() or journal.is_symlink() or not journal.is_file():
-            continue
-        if int(pid_text) == os.getpid() or _alive(int(pid_text)):
-            continue
-        if roll_back(journal):
-            restored.append(journal.name.split("-", 3)[-1])
-    return restored
+    """Roll back every half-done edit in `folder`; returns the files restored.
+
+    Incomplete journals of dead processes, whose patching never began, are removed.
+    """
+    for journal in _journals(folder):
+        if _left_by_dead_process(journal) and _read(journal) is None:
+            discard(journal)
+    return [target.name for journal, target in pending(folder) if roll_back(journal)]
 
 
 def _alive(pid: int) -> bool:

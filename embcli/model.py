@@ -16,6 +16,7 @@ import numpy as np
 
 from embcli.errors import (
     AmbiguousTable,
+    InterruptedEdit,
     MalformedFile,
     NoSuchTable,
     UnsupportedEdit,
@@ -29,7 +30,7 @@ from embcli.guarded import (
     h5_root_names,
     sniff,
 )
-from embcli.journal import recover
+from embcli.journal import pending, recover
 
 BLOCK_BYTES = 32 * 1024 * 1024
 TF_INDEX_SUFFIX = ".index"
@@ -85,11 +86,19 @@ def _hdf5_kind(path: Path) -> str:
     return "keras-weights"
 
 
-def open_model(path: str | os.PathLike) -> ModelFile:
-    """Open a model artifact read-only. Raises an `EmbcliError` for anything unusable."""
+def open_model(path: str | os.PathLike, recover_edits: bool = False) -> ModelFile:
+    """Open a model artifact read-only. Raises an `EmbcliError` for anything unusable.
+
+    A file that an in-place edit left half done is refused, unless `recover_edits`
+    (for commands that write to it anyway) rolls that edit back first.
+    """
     path = Path(path)
     kind = detect_format(path)
-    recover(path if path.is_dir() else path.absolute().parent)
+    folder = path if path.is_dir() else path.absolute().parent
+    if recover_edits:
+        recover(folder)
+    else:
+        refuse_half_edited(folder)
     if kind.startswith("keras-"):
         from embcli.formats.keras3 import Keras3File
 
@@ -101,6 +110,15 @@ def open_model(path: str | os.PathLike) -> ModelFile:
     from embcli.formats.tensorflow import open_tensorflow
 
     return open_tensorflow(path, kind)
+
+
+def refuse_half_edited(folder: Path) -> None:
+    """Refuse to read a folder in which a killed in-place edit left a file half done."""
+    for journal, target in pending(folder):
+        raise InterruptedEdit(
+            f"an in-place edit of {target} was interrupted ({journal.name} is its undo "
+            f"journal); run `embcli recover {target}` to restore it"
+        )
 
 
 def list_tables(model: ModelFile, all_weights: bool = False) -> list[Table]:

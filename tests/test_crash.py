@@ -2,8 +2,8 @@
 SIGTERM) at random moments, on a 20 MB `.keras` built in Keras's layout.
 
 After a kill, the model is its old bytes or its new bytes; where an in-place edit was cut
-short mid-patch, its undo journal is there and the next embcli command puts the old bytes
-back. Whatever a killed run leaves is named `.embcli-tmp-*` or `.embcli-journal-*`, never
+short mid-patch, its undo journal is there: reads refuse the model and `embcli recover`
+puts the old bytes back. Whatever a killed run leaves is named `.embcli-tmp-*` or `.embcli-journal-*`, never
 anything that could be taken for the output, and the next successful write removes it. An
 interrupted run cleans up after itself before it exits.
 
@@ -186,9 +186,15 @@ def kill_in_place(
             report.problems.append(f"kill {number}: the model is torn and no journal says how")
         if signum != signal.SIGKILL and (left or state == "torn"):
             report.problems.append(f"kill {number}: interrupted run left {left}, model {state}")
-        recovered = run("layers", target)
+        probe = run("layers", target)
+        refused = probe.returncode == 1 and "was interrupted" in probe.stderr
+        if state == "torn" and not refused:
+            report.problems.append(f"kill {number}: a half-edited model was read: {probe.stderr}")
+        if refused and not journals or not refused and probe.returncode != 0:
+            report.problems.append(f"kill {number}: the next read failed: {probe.stderr}")
+        recovered = run("recover", target)
         if recovered.returncode != 0:
-            report.problems.append(f"kill {number}: the next run failed: {recovered.stderr}")
+            report.problems.append(f"kill {number}: recover failed: {recovered.stderr}")
         after = sha256(target)
         if after not in (big.old, big.new):
             report.problems.append(f"kill {number}: still torn after the next run")

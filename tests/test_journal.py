@@ -54,22 +54,63 @@ def interrupted_edit(tmp_path, fixture, complete_journal=True, applied=0.5):
 
 
 @pytest.mark.parametrize("fixture", ["k3_functional.keras", "k3.weights.h5"])
-def test_next_run_rolls_back_a_killed_edit(tmp_path, runner, fixture):
-    original = sha(FIXTURES / fixture)
-    target = interrupted_edit(tmp_path, fixture)
-    assert sha(target) != original
+def test_reads_refuse_a_killed_edit_and_recover_rolls_it_back(tmp_path, runner, fixture):
     from embcli.cli import cli
 
-    assert runner.invoke(cli, ["layers", str(target)]).exit_code == 0
+    original = sha(FIXTURES / fixture)
+    target = interrupted_edit(tmp_path, fixture)
+    torn = sha(target)
+    assert torn != original
+    result = runner.invoke(cli, ["layers", str(target)])
+    assert result.exit_code == 1
+    assert f"Error: an in-place edit of {target} was interrupted" in result.output
+    assert f"run `embcli recover {target}` to restore it" in result.output
+    assert sha(target) == torn
+    result = runner.invoke(cli, ["recover", str(target)])
+    assert result.exit_code == 0
+    assert result.output == f"restored {fixture}\n"
     assert sha(target) == original
     assert sorted(p.name for p in tmp_path.iterdir()) == [fixture]
+    assert runner.invoke(cli, ["recover", str(target)]).output == "nothing to recover\n"
 
 
-def test_incomplete_journal_is_discarded(tmp_path):
+def test_the_next_in_place_edit_rolls_back_first(tmp_path, runner):
+    from embcli.cli import cli
+
+    target = interrupted_edit(tmp_path, "k3_functional.keras")
+    result = runner.invoke(cli, ["assign", str(target), "-l", "positions", "--fill", "zeros",
+                                 "--rows", "0", "--in-place"])
+    assert result.exit_code == 0, result.output
+    with open_model(target) as model:
+        words = read_rows(model, find_table(model, "words"), np.arange(50))
+    np.testing.assert_array_equal(words, np.load(FIXTURES / "expected" / "k3_functional_keras.npz")["words"])
+
+
+def test_a_journal_for_another_file_is_ignored(tmp_path, runner):
+    """A journal copied next to a different file with the same name proves nothing."""
+    from embcli.cli import cli
+
+    target = interrupted_edit(tmp_path, "k3_functional.keras")
+    journal_file = next(tmp_path.glob(".embcli-journal-*"))
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    shutil.copy(FIXTURES / "k3_functional.keras", elsewhere / target.name)
+    shutil.copy(journal_file, elsewhere / journal_file.name)
+    before = sha(elsewhere / target.name)
+    assert runner.invoke(cli, ["layers", str(elsewhere / target.name)]).exit_code == 0
+    assert runner.invoke(cli, ["recover", str(elsewhere / target.name)]).exit_code == 0
+    assert sha(elsewhere / target.name) == before
+
+
+def test_incomplete_journal_is_harmless_and_recover_removes_it(tmp_path, runner):
+    from embcli.cli import cli
+
     target = interrupted_edit(tmp_path, "k3_functional.keras", complete_journal=False, applied=0)
     with open_model(target) as model:
         read_rows(model, find_table(model, "words"), np.arange(3))
     assert sha(target) == sha(FIXTURES / "k3_functional.keras")
+    assert len(list(tmp_path.iterdir())) == 2
+    assert runner.invoke(cli, ["recover", str(target)]).output == "nothing to recover\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k3_functional.keras"]
 
 

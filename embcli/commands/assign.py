@@ -73,7 +73,7 @@ def assign(model: str, layer: str | None, source: Path | None, key: str | None,
         raise click.UsageError("--key goes with --from")
     check_by_token_options(by_token, source, key, row_specs, vector_format, lowercase,
                            vocab_path, vocab_column)
-    with open_model(model) as opened:
+    with open_model(model, recover_edits=in_place) as opened:
         table = find_table(opened, layer)
         indices = (parse_rows(row_specs, table.rows, unique=True) if row_specs
                    else np.arange(table.rows, dtype=np.int64))
@@ -149,4 +149,21 @@ def token_vectors(opened, table, source: Path, vector_format: str | None, lowerc
     return indices, values
 
 
-COMMANDS = [assign]
+@click.command()
+@model_argument
+def recover(model: str) -> None:
+    """Roll back an in-place edit of MODEL that was killed half done, restoring the
+    model exactly as it was. Commands that only read refuse such a model until then.
+
+    \b
+    Example:
+        embcli recover model.keras
+    """
+    from embcli.journal import recover as roll_back_edits
+
+    path = Path(model)
+    restored = roll_back_edits(path if path.is_dir() else path.absolute().parent)
+    click.echo(f"restored {', '.join(restored)}" if restored else "nothing to recover", err=True)
+
+
+COMMANDS = [assign, recover]
