@@ -18,19 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from embcli.durable import fsync_path, process_alive
 from embcli.errors import OutputExists, VerificationFailed
 from embcli.formats.base import FilePlan, WritePlan
 
 TEMP_PREFIX = ".embcli-tmp-"
 COPY_CHUNK = 8 * 1024 * 1024
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remove_stale_temporaries(folder: Path) -> None:
@@ -43,20 +36,8 @@ def remove_stale_temporaries(folder: Path) -> None:
         if not entry.name.startswith(TEMP_PREFIX) or entry.is_symlink() or not entry.is_dir():
             continue
         pid_text = entry.name[len(TEMP_PREFIX) :].split("-", 1)[0]
-        if pid_text.isdigit() and not _process_alive(int(pid_text)):
+        if pid_text.isdigit() and not process_alive(int(pid_text)):
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager
@@ -120,17 +101,9 @@ def write_new_file(output: Path, force: bool, write: Callable[[Path], None]) -> 
     with temporary_folder(output.parent) as folder:
         temp = folder / output.name
         write(temp)
-        _fsync_file(temp)
+        fsync_path(temp)
         os.replace(temp, output)
-        fsync_dir(output.parent)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_path(output.parent)
 
 
 def execute(plan: WritePlan, verify: Callable[[Path, list], None]) -> None:
@@ -161,7 +134,7 @@ def execute(plan: WritePlan, verify: Callable[[Path, list], None]) -> None:
             for path in plan.remove:
                 path.unlink(missing_ok=True)
             for parent in {target.parent for _, target in staged}:
-                fsync_dir(parent)
+                fsync_path(parent)
 
 
 def _common_parent(plan: WritePlan) -> Path:
@@ -172,7 +145,7 @@ def _common_parent(plan: WritePlan) -> Path:
 def _replace_folder(built: Path, target: Path, scratch: Path) -> None:
     for path in [built, *built.rglob("*")]:
         if path.is_dir():
-            fsync_dir(path)
+            fsync_path(path)
     if target.exists():
         retired = scratch / ".previous"
         os.replace(target, retired)
@@ -183,7 +156,7 @@ def _replace_folder(built: Path, target: Path, scratch: Path) -> None:
             raise
     else:
         os.replace(built, target)
-    fsync_dir(target.parent)
+    fsync_path(target.parent)
 
 
 def _build(item: FilePlan, temp: Path) -> None:
@@ -198,7 +171,7 @@ def _build(item: FilePlan, temp: Path) -> None:
             _patch(item, temp)
     if item.source is not None and item.rebuild is not None:
         shutil.copymode(item.source, temp)
-    _fsync_file(temp)
+    fsync_path(temp)
 
 
 def _patch(item: FilePlan, temp: Path) -> None:

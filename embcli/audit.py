@@ -152,7 +152,8 @@ class _StatsAccumulator:
             squares = squares[~bad_rows]
         if not len(squares):
             return
-        self.moments.add_sums(len(squares) * block.shape[1], float(sums.sum()), float(squares.sum()))
+        count = len(squares) * block.shape[1]
+        self.moments.add_sums(count, float(sums.sum()), float(squares.sum()))
         norms = np.sqrt(squares)
         self.norm_count += len(norms)
         self.norm_sum += float(norms.sum())

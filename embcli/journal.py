@@ -18,6 +18,8 @@ import json
 import os
 from pathlib import Path
 
+from embcli.durable import fsync_path, process_alive
+
 JOURNAL_PREFIX = ".embcli-journal-"
 _MAGIC = b"EMBCLI-JOURNAL-1\n"
 
@@ -48,13 +50,13 @@ def write_journal(target: Path, changes: list[tuple[int, bytes, bytes]]) -> Path
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_dir(target.parent)
+    fsync_path(target.parent)
     return path
 
 
 def discard(journal: Path) -> None:
     journal.unlink(missing_ok=True)
-    _fsync_dir(journal.parent)
+    fsync_path(journal.parent)
 
 
 def _read(journal: Path) -> tuple[dict, bytes] | None:
@@ -92,7 +94,7 @@ def _left_by_dead_process(journal: Path) -> bool:
     pid_text = journal.name[len(JOURNAL_PREFIX) :].split("-", 1)[0]
     if not pid_text.isdigit() or journal.is_symlink() or not journal.is_file():
         return False
-    return int(pid_text) != os.getpid() and not _alive(int(pid_text))
+    return int(pid_text) != os.getpid() and not process_alive(int(pid_text))
 
 
 def _journals(folder: Path) -> list[Path]:
@@ -149,21 +151,3 @@ def recover(folder: Path) -> list[str]:
         if _left_by_dead_process(journal) and _read(journal) is None:
             discard(journal)
     return [target.name for journal, target in pending(folder) if roll_back(journal)]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

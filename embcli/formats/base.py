@@ -216,6 +216,17 @@ def row_patches(
     return patches
 
 
+def slots_by_shape(table: Table, slots: list[str], others: list[str]) -> list[str]:
+    """Optimizer slots matched to a table by shape alone: only while no other weight of
+    the model shares the table's shape, since the file does not say whose slots they are."""
+    if slots and others:
+        raise UnsupportedEdit(
+            f"cannot tell which optimizer slots belong to {table.name}: "
+            f"{len(others)} other weight(s) share its shape {table.shape}"
+        )
+    return slots
+
+
 class H5Source:
     """One checked, read-only HDF5 file, opened from a path or a window into an archive."""
 

@@ -30,6 +30,7 @@ from embcli.formats.base import (
     WritePlan,
     ZipMemberChecksums,
     numpy_dtype,
+    slots_by_shape,
     snake_to_class,
     vars_index,
 )
@@ -405,19 +406,15 @@ class Keras3File(ModelFile):
         ]
         if not slots:
             return []
-        twins = [
+        others = [
             path
             for path in self._location
             if not path.startswith(f"{OPTIMIZER_GROUP}/")
             and path != table.weight
             and self.weight_info(path)[0] == table.shape
         ]
-        if twins:
-            raise UnsupportedEdit(
-                f"cannot tell which optimizer slots belong to {table.name}: "
-                f"{len(twins)} other weight(s) share its shape {table.shape}"
-            )
-        return sorted(slots, key=lambda p: vars_index(p.rsplit("/", 1)[-1]))
+        ordered = sorted(slots, key=lambda p: vars_index(p.rsplit("/", 1)[-1]))
+        return slots_by_shape(table, ordered, others)
 
     # Writing -------------------------------------------------------------------------
 

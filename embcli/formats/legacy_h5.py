@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embcli.errors import MalformedFile, UnsupportedEdit
+from embcli.errors import MalformedFile
 from embcli.formats.base import (
     EMBEDDING_SUFFIX,
     EMBEDDING_VARIABLE,
@@ -23,6 +23,7 @@ from embcli.formats.base import (
     Table,
     WritePlan,
     numpy_dtype,
+    slots_by_shape,
 )
 from embcli.formats.naming import walk_config_layers
 from embcli.guarded import parse_json, read_attr_list, read_attr_text
@@ -173,21 +174,14 @@ class LegacyH5File(ModelFile):
         by_name = [p for p in candidates if _names_variable(p, table.owner)]
         if by_name:
             return sorted(by_name)
-        if not candidates:
-            return []
-        twins = [
+        others = [
             path
             for path, info in datasets.items()
             if not path.startswith(OPTIMIZER_WEIGHTS_GROUP + "/")
             and path != table.weight
             and info.shape == table.shape
         ]
-        if twins:
-            raise UnsupportedEdit(
-                f"cannot tell which optimizer slots belong to {table.name}: "
-                f"{len(twins)} other weight(s) share its shape {table.shape}"
-            )
-        return sorted(candidates)
+        return slots_by_shape(table, sorted(candidates), others)
 
     def plan_write(self, output, patches, in_place) -> WritePlan:
         edits: list[tuple[int, bytes]] = []
