@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,8 +108,22 @@ def _is_text_record(line: bytes, dim: int) -> bool:
     return True
 
 
+class _Counted:
+    """A file handle that reports how many bytes each read returned."""
+
+    def __init__(self, handle, progress: Callable[[int], None]) -> None:
+        self._handle = handle
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self._progress(len(data))
+        return data
+
+
 def read_token_vectors(path: str | Path, tokens: Sequence[str], *, fmt: str | None = None,
-                       dim: int | None = None) -> TokenVectors:
+                       dim: int | None = None,
+                       progress: Callable[[int], None] | None = None) -> TokenVectors:
     """Find the vectors of `tokens` in a token-keyed vector file, reading it once.
 
     Args:
@@ -117,6 +131,7 @@ def read_token_vectors(path: str | Path, tokens: Sequence[str], *, fmt: str | No
         tokens: distinct tokens to look for; matching is exact, on UTF-8 bytes.
         fmt: one of FORMATS, or None to detect it.
         dim: the vector length required; a file with another one is an error.
+        progress: called with the number of bytes read, as the file is read.
 
     The first vector given for a token wins. Raises BadVectors for unreadable files.
     """
@@ -141,7 +156,7 @@ def read_token_vectors(path: str | Path, tokens: Sequence[str], *, fmt: str | No
             scan = _BinaryScan(path, wanted, file_dim, count)
         else:
             scan = _TextScan(path, wanted, file_dim, separator)
-        scan.run(handle)
+        scan.run(_Counted(handle, progress) if progress else handle)
     positions = np.fromiter(scan.found.keys(), dtype=np.int64, count=len(scan.found))
     if scan.found:
         vectors = np.stack(list(scan.found.values()))
@@ -357,7 +372,8 @@ def _quoted(tokens: Iterable[str]) -> str:
 
 def vocabulary_vectors(vocabulary: Vocabulary, rows: int, path: str | Path, *,
                        fmt: str | None = None, dim: int | None = None,
-                       lowercase: bool = False) -> tuple[np.ndarray, np.ndarray, Coverage]:
+                       lowercase: bool = False, progress: Callable[[int], None] | None = None,
+                       ) -> tuple[np.ndarray, np.ndarray, Coverage]:
     """The rows of a table whose token has a vector in `path`, those vectors, and a
     coverage report.
 
@@ -368,6 +384,7 @@ def vocabulary_vectors(vocabulary: Vocabulary, rows: int, path: str | Path, *,
         fmt: the file's format, or None to detect it.
         dim: the table's dim; a file with another one is an error.
         lowercase: look each vocabulary token up in lower case.
+        progress: called with the number of bytes of `path` read, as it is read.
 
     Every row whose token appears gets the vector, so repeated OOV tokens share one.
     """
@@ -376,7 +393,7 @@ def vocabulary_vectors(vocabulary: Vocabulary, rows: int, path: str | Path, *,
     for row, token in enumerate(vocabulary.tokens[:rows]):
         by_key.setdefault(token.lower() if lowercase else token, []).append(row)
     keys = list(by_key)
-    found = read_token_vectors(path, keys, fmt=fmt, dim=dim)
+    found = read_token_vectors(path, keys, fmt=fmt, dim=dim, progress=progress)
     specials = vocabulary.tokens[: vocabulary.specials]
     special_keys = {(t.lower() if lowercase else t) for t in specials}
     matched_keys = {keys[p] for p in found.positions.tolist()}

@@ -365,3 +365,12 @@ def test_by_token_from_a_projector_pair_round_trip(runner, tmp_path, model_copy)
     rows = json.loads(runner.invoke(cli, ["rows", str(model_copy), "-l", "lookup_emb", "0:6",
                                           "--json"]).stdout)["rows"]
     assert {tuple(r["vector"]) for r in rows} == {(0.5, 0.25, -1.0, 2.0)}
+
+
+def test_progress_reports_every_byte_read(vector_file):
+    path, _, _ = vector_file
+    seen = []
+    read_token_vectors(path, ["the"], dim=4, progress=seen.append)
+    size = path.stat().st_size
+    header = len(path.read_bytes().partition(b"\n")[0]) + 1
+    assert size - header <= sum(seen) <= size

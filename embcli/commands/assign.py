@@ -10,11 +10,15 @@ from embcli.commands.options import (
     check_vocab_options,
     layer_option,
     model_argument,
+    terminal_progress,
     vocab_options,
 )
 
 # embcli.pretrained.FORMATS, named here so that the CLI starts without importing numpy.
 VECTOR_FORMATS = ("glove", "word2vec", "word2vec-binary", "fasttext", "tsv")
+
+
+PROGRESS_BYTES = 64 * 1024 * 1024
 
 
 @click.command()
@@ -140,8 +144,11 @@ def token_vectors(opened, table, source: Path, vector_format: str | None, lowerc
     problem = vocabulary.size_problem(table)
     if problem:
         click.echo(f"warning: {problem}", err=True)
-    indices, values, coverage = vocabulary_vectors(
-        vocabulary, table.rows, source, fmt=vector_format, dim=table.dim, lowercase=lowercase)
+    size = source.stat().st_size
+    with terminal_progress(size, "reading vectors", size >= PROGRESS_BYTES) as progress:
+        indices, values, coverage = vocabulary_vectors(
+            vocabulary, table.rows, source, fmt=vector_format, dim=table.dim,
+            lowercase=lowercase, progress=progress)
     for line in coverage.lines():
         click.echo(line, err=True)
     if not len(indices):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NoReturn
@@ -15,6 +14,7 @@ from embcli.commands.options import (
     layer_option,
     model_argument,
     reject_unknown_options,
+    terminal_progress,
     vocab_options,
 )
 
@@ -40,13 +40,10 @@ only_layer_option = click.option(
 @contextmanager
 def progress(tables: list, label: str) -> Iterator[Callable[[int], None] | None]:
     """A progress bar on stderr over the tables' rows, for long work on a terminal only."""
-    stream = sys.stderr
     values = sum(t.rows * t.dim for t in tables)
-    if values <= PROGRESS_VALUES or not stream.isatty():
-        yield None
-        return
-    with click.progressbar(length=sum(t.rows for t in tables), label=label, file=stream) as bar:
-        yield bar.update
+    rows = sum(t.rows for t in tables)
+    with terminal_progress(rows, label, values > PROGRESS_VALUES) as update:
+        yield update
 
 
 def short(value: float | None) -> float | None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 
 import click
 
@@ -61,3 +63,14 @@ def vocab_options(command: Callable) -> Callable:
 def check_vocab_options(vocab_path: str | None, vocab_column: str | None) -> None:
     if vocab_column is not None and vocab_path is None:
         raise click.UsageError("--vocab-column goes with --vocab FILE")
+
+
+@contextlib.contextmanager
+def terminal_progress(length: int, label: str, worth_it: bool) -> Iterator[Callable | None]:
+    """A progress bar on stderr for long work, only when stderr is a terminal; yields its
+    `update(n)`, or None when no bar is shown. Nothing is ever printed on stdout."""
+    if not worth_it or not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
+        yield bar.update
