@@ -209,51 +209,42 @@ def row_hashes(block: np.ndarray) -> np.ndarray:
 
 def count_duplicates(model: ModelFile, table: Table, hashes: np.ndarray,
                      block_bytes: int = AUDIT_BLOCK_BYTES) -> int:
-    """Rows bit-equal to an earlier row, given every row's hash.
+    """Rows bit-equal to an earlier row, given every row's hash (sorted here, in place).
 
-    Rows whose hash occurs more than once are compared byte for byte with the first row
-    of their hash group, while the table streams by again, so hash collisions never count
-    as duplicates. The groups' first rows are kept in at most `DUPLICATE_MEMORY_BLOCKS`
-    blocks' worth of memory; when there are more groups, they take one more pass each share.
+    Only hash values that occur more than once are kept. The table then streams by
+    again: rows whose hash is one of those are compared byte for byte with the first
+    row of their hash group, so hash collisions never count as duplicates. Beyond the
+    hashes themselves, memory holds the groups' first rows, at most
+    `DUPLICATE_MEMORY_BLOCKS` blocks' worth; more groups take one more pass each share.
     """
-    order = np.argsort(hashes, kind="stable")
-    ordered = hashes[order]
-    repeated = np.zeros(len(ordered), dtype=bool)
-    same_as_next = ordered[1:] == ordered[:-1]
-    repeated[1:] |= same_as_next
-    repeated[:-1] |= same_as_next
-    candidates = order[repeated]
-    if not len(candidates):
+    hashes.sort()
+    repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+    if not len(repeated):
         return 0
-    candidate_hashes = ordered[repeated]
-    group_of = np.cumsum(np.r_[True, candidate_hashes[1:] != candidate_hashes[:-1]]) - 1
-    groups = int(group_of[-1]) + 1
     per_pass = max(1, block_bytes * DUPLICATE_MEMORY_BLOCKS // max(1, table.dim * 8))
-    duplicates = 0
-    for first in range(0, groups, per_pass):
-        chosen = (group_of >= first) & (group_of < first + per_pass)
-        rows, members = candidates[chosen], group_of[chosen] - first
-        by_row = np.argsort(rows, kind="stable")
-        duplicates += _count_pass(model, table, rows[by_row], members[by_row],
-                                  min(per_pass, groups - first), block_bytes)
-    return duplicates
+    return sum(
+        _count_pass(model, table, repeated[first : first + per_pass], block_bytes)
+        for first in range(0, len(repeated), per_pass)
+    )
 
 
-def _count_pass(model: ModelFile, table: Table, rows: np.ndarray, groups: np.ndarray,
-                group_count: int, block_bytes: int) -> int:
-    """Duplicates among `rows` (sorted), each in hash group `groups[i]` < `group_count`."""
+def _count_pass(model: ModelFile, table: Table, group_hashes: np.ndarray,
+                block_bytes: int) -> int:
+    """Duplicates among the rows whose hash is one of `group_hashes` (sorted, unique)."""
     first_rows: np.ndarray | None = None
-    known = np.zeros(group_count, dtype=bool)
+    known = np.zeros(len(group_hashes), dtype=bool)
     others: dict[int, set[bytes]] = {}
     duplicates = 0
-    for start, block in iter_blocks(model, table, block_bytes=block_bytes):
-        low, high = np.searchsorted(rows, [start, start + len(block)])
-        if low == high:
+    for _, block in iter_blocks(model, table, block_bytes=block_bytes):
+        hashes = row_hashes(block)
+        slot = np.minimum(np.searchsorted(group_hashes, hashes), len(group_hashes) - 1)
+        hit = group_hashes[slot] == hashes
+        if not hit.any():
             continue
-        data = row_bytes(block[rows[low:high] - start])
-        group = groups[low:high]
+        data = row_bytes(block[hit])
+        group = slot[hit]
         if first_rows is None:
-            first_rows = np.empty((group_count, data.shape[1]), dtype=np.uint8)
+            first_rows = np.empty((len(group_hashes), data.shape[1]), dtype=np.uint8)
         present, first = np.unique(group, return_index=True)
         fresh = ~known[present]
         first_rows[present[fresh]] = data[first[fresh]]
