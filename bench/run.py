@@ -4,6 +4,7 @@ Usage:
     python bench/run.py                       # the default benchmark, ~10 minutes
     python bench/run.py --cases layers,rows --repeat 5 --json out.json
     python bench/run.py --big                 # an 8 GB .keras built with h5py; embcli only
+    python bench/run.py --cases by-token --gensim-python /path/to/python   # vs gensim
 
 Every measured command runs as its own subprocess, one at a time, started with this
 interpreter. Wall time is taken around spawn and `os.wait4`; peak RSS is the child's
@@ -44,6 +45,12 @@ ASSIGN_COUNT = 10
 COPY_BLOCK = "8M"
 FIXED_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 WHOLE_TABLE_CASES = ("stats", "neighbors", "export", "assign", "durable")
+BY_TOKEN = "by-token"
+OPT_IN_CASES = (BY_TOKEN,)
+GLOVE_TOKENS = 400_000
+GLOVE_DIM = 300
+VOCAB_SIZE = 20_000
+VOCAB_ABSENT = 1_000
 
 CHILD_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
 
@@ -54,6 +61,7 @@ GOALS = {
     "assign": {"speedup": 5, "rss_mb": 300},
     "assign-copy": {"slowdown": 3},
     "help": {"seconds": 0.3},
+    BY_TOKEN: {"speedup": 3, "versus": "gensim", "rss_mb": 300},
 }
 
 # Each Keras script gets: argv[1] the model, then case arguments. It loads the model the
@@ -153,6 +161,77 @@ import sys
 import numpy as np
 path, count, dim = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 np.save(path, np.random.default_rng(1).standard_normal((count, dim), dtype=np.float32))
+"""
+
+# The by-token case: a GloVe text file and a model whose StringLookup feeds its Embedding.
+# Every 97th token is non-ASCII; the vocabulary holds VOCAB_SIZE - VOCAB_ABSENT tokens of
+# the file and VOCAB_ABSENT that it lacks, in random order.
+BY_TOKEN_GENERATE_SCRIPT = f"""\
+import os, sys
+import numpy as np
+import keras
+count, dim, vocab_size, absent = (int(a) for a in sys.argv[1:5])
+glove_path, model_path = sys.argv[5], sys.argv[6]
+def token(i):
+    return f"w\u00e9{{i}}" if i % 97 == 0 else f"w{{i}}"
+scale = 100_000
+text = [f"{{s / scale:.5f}}" for s in range(-4 * scale, 4 * scale)]
+rng = np.random.default_rng(3)
+partial = glove_path + ".partial"
+with open(partial, "w", encoding="utf-8", newline="\\n") as handle:
+    for start in range(0, count, 2000):
+        block = rng.standard_normal((min(2000, count - start), dim)) * (0.4 * scale)
+        block = (np.rint(block).clip(-4 * scale, 4 * scale - 1) + 4 * scale).astype(np.int64)
+        handle.write("".join(
+            token(start + i) + " " + " ".join(map(text.__getitem__, row)) + "\\n"
+            for i, row in enumerate(block.tolist())))
+vocab = [token(int(i)) for i in rng.choice(count, vocab_size - absent, replace=False)]
+vocab += [f"absent{{i}}" if i % 2 else f"fehlt\u00e4{{i}}" for i in range(absent)]
+vocab = [vocab[i] for i in rng.permutation(vocab_size)]
+inputs = keras.Input(shape=(None,), dtype="string")
+ids = keras.layers.StringLookup(vocabulary=vocab, num_oov_indices=1, name="lookup")(inputs)
+outputs = keras.layers.Embedding(vocab_size + 1, dim, name={LAYER!r})(ids)
+model = keras.Model(inputs, outputs, name="by_token")
+stem, suffix = os.path.splitext(model_path)
+model.save(stem + ".partial" + suffix)
+os.replace(stem + ".partial" + suffix, model_path)
+os.replace(partial, glove_path)
+"""
+
+GENSIM_SCRIPT = """\
+import sys
+from gensim.models import KeyedVectors
+KeyedVectors.load_word2vec_format(sys.argv[1], binary=False, no_header=True)
+"""
+
+# The vocabulary comes from config.json as Keras wrote it (row 0 is the OOV row), the
+# vectors from the GloVe text cast to float32, the tables through embcli's library.
+BY_TOKEN_VERIFY_SCRIPT = f"""\
+import json, sys, zipfile
+import numpy as np
+from embcli.model import find_table, open_model, read_rows
+original, edited, glove = sys.argv[1:4]
+with zipfile.ZipFile(original) as archive:
+    layers = json.loads(archive.read("config.json"))["config"]["layers"]
+vocab = next(l["config"]["vocabulary"] for l in layers if l["class_name"] == "StringLookup")
+row_of = {{token: row for row, token in enumerate(vocab, start=1)}}
+def table(path):
+    with open_model(path) as model:
+        found = find_table(model, {LAYER!r})
+        return read_rows(model, found, np.arange(found.rows))
+before, after = table(original), table(edited)
+expected = before.copy()
+matched = set()
+with open(glove, "rb") as handle:
+    for line in handle:
+        token, _, values = line.decode("utf-8").rstrip("\\n").partition(" ")
+        if token in row_of:
+            expected[row_of[token]] = np.array(values.split(" "), dtype=np.float64)
+            matched.add(token)
+np.testing.assert_array_equal(after, expected)
+wide = sum(not t.isascii() for t in matched)
+print(f"{{len(matched)}} matched rows ({{wide}} with non-ASCII tokens) hold the GloVe vectors "
+      f"cast to float32; the other {{len(before) - len(matched)}} rows are unchanged")
 """
 
 
@@ -255,17 +334,39 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
+def series_log(series: Series, case: Case, logs: Path) -> Path:
+    """Where `measure` sends the output of `series` (with .out and .err suffixes)."""
+    slug = f"{case.name}-{series.label}".replace(" ", "_").replace(".", "").replace("/", "_")
+    return logs / slug
+
+
 def run_series(series: Series, case: Case, env: dict[str, str], logs: Path) -> None:
     for path in series.outputs:
         remove(path)
     if series.outputs:
         os.sync()
-    slug = f"{case.name}-{series.label}".replace(" ", "_").replace(".", "").replace("/", "_")
-    run = measure(series.argv, logs / slug, env)
+    log = series_log(series, case, logs)
+    run = measure(series.argv, log, env)
     series.runs.append(run)
     if run.code != 0:
-        error = (logs / slug).with_suffix(".err").read_text(errors="replace")[-2000:]
+        error = log.with_suffix(".err").read_text(errors="replace")[-2000:]
         print(f"  ! {case.name} / {series.label} exited {run.code}:\n{error}", file=sys.stderr)
+
+
+def run_rounds(cases: list[Case], repeat: int, env: dict[str, str], logs: Path) -> None:
+    """Run every series `repeat` times, a round at a time, so that background load hits
+    both sides alike; a series shared by two cases runs once per round."""
+    for round_ in range(repeat):
+        done: set[int] = set()
+        for case in cases:
+            for series in (case.embcli, case.reference):
+                if series is None or id(series) in done:
+                    continue
+                done.add(id(series))
+                run_series(series, case, env, logs)
+                last = series.runs[-1]
+                print(f"  [{round_ + 1}/{repeat}] {case.name:<22} {series.label:<14}"
+                      f" {last.seconds:8.2f} s {last.rss_mb:8.0f} MB", flush=True)
 
 
 # The default benchmark ---------------------------------------------------------------------
@@ -393,6 +494,11 @@ def judge(case: Case) -> tuple[str, str]:
         return "-", "-"
     if not mine.ok or (ref is not None and not ref.ok and "seconds" not in goal):
         return _goal_text(goal), "error"
+    if ref is None and ("speedup" in goal or "slowdown" in goal):
+        memory = ""
+        if "rss_mb" in goal:
+            memory = "; memory " + ("pass" if mine.rss_mb <= goal["rss_mb"] else "FAIL")
+        return _goal_text(goal), "speed not compared" + memory
     checks = []
     if "speedup" in goal:
         checks.append(ref.seconds / mine.seconds >= goal["speedup"])
@@ -408,7 +514,8 @@ def judge(case: Case) -> tuple[str, str]:
 def _goal_text(goal: dict) -> str:
     parts = []
     if "speedup" in goal:
-        parts.append(f">={goal['speedup']}x")
+        versus = f" {goal['versus']}" if "versus" in goal else ""
+        parts.append(f">={goal['speedup']}x{versus}")
     if "rss_mb" in goal:
         parts.append(f"<={goal['rss_mb']} MB")
     if "slowdown" in goal:
@@ -518,7 +625,8 @@ def info_markdown(info: dict[str, object]) -> str:
 
 
 def write_results(section: str, body: str) -> None:
-    """Replace one section (`default` or `big`) of bench/RESULTS.md, keeping the other."""
+    """Replace one section (`default`, `by-token` or `big`) of bench/RESULTS.md, keeping
+    the others."""
     begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
     body = "\n\n".join(part.strip() for part in body.split("\n\n") if part.strip())
     block = f"{begin}\n{body.strip()}\n{end}"
@@ -539,13 +647,9 @@ Times are medians of wall time, in seconds; memory is the median of each process
 """
 
 
-def default_benchmark(args: argparse.Namespace) -> int:
+def default_benchmark(args: argparse.Namespace, selected: list[str]) -> tuple[int, dict]:
+    """The cases of ALL_CASES in `selected`; the exit code and the JSON report."""
     env = child_env()
-    selected = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = set(selected) - set(ALL_CASES)
-    if unknown:
-        raise SystemExit(f"unknown cases: {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(ALL_CASES)}")
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     models = ensure_models(args.rows, args.dim, env)
     notes: list[str] = []
@@ -557,17 +661,7 @@ def default_benchmark(args: argparse.Namespace) -> int:
     for path in models.values():
         warm(path)
     print(f"{len(cases)} cases x {args.repeat} runs; model {args.rows} x {args.dim}", flush=True)
-    for repeat in range(args.repeat):
-        done: set[int] = set()
-        for case in cases:
-            for series in (case.embcli, case.reference):
-                if series is None or id(series) in done:
-                    continue
-                done.add(id(series))
-                run_series(series, case, env, logs)
-                last = series.runs[-1]
-                print(f"  [{repeat + 1}/{args.repeat}] {case.name:<22} {series.label:<14}"
-                      f" {last.seconds:8.2f} s {last.rss_mb:8.0f} MB", flush=True)
+    run_rounds(cases, args.repeat, env, logs)
     if not args.no_verify:
         notes.extend(verify(models, args.dim, args.rows, formats, env))
     if not args.keep_outputs:
@@ -586,8 +680,6 @@ def default_benchmark(args: argparse.Namespace) -> int:
         "notes": notes,
         "cases": [_case_record(c) for c in cases],
     }
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
     if not args.no_results:
         size = args.rows * args.dim * 4 / 1e6
         body = "\n\n".join([
@@ -601,7 +693,7 @@ def default_benchmark(args: argparse.Namespace) -> int:
             "`--help` is `python -c \"import keras\"`.",
         ])
         write_results("default", body)
-    return 0 if all(c.embcli.ok for c in cases) else 1
+    return (0 if all(c.embcli.ok for c in cases) else 1), report
 
 
 def _case_record(case: Case) -> dict:
@@ -619,6 +711,131 @@ def _case_record(case: Case) -> dict:
             "runs": [asdict(r) for r in series.runs],
         }
     return record
+
+
+# by-token: assign --by-token from a GloVe file against gensim loading it ------------------
+
+
+def by_token_paths() -> tuple[Path, Path]:
+    glove = WORK / f"glove-{GLOVE_TOKENS}x{GLOVE_DIM}.txt"
+    model = WORK / f"vocab-model-{VOCAB_SIZE}x{GLOVE_DIM}.keras"
+    return glove, model
+
+
+def ensure_by_token_files(env: dict[str, str]) -> tuple[Path, Path]:
+    glove, model = by_token_paths()
+    if glove.is_file() and model.is_file():
+        return glove, model
+    WORK.mkdir(parents=True, exist_ok=True)
+    print(f"generating a {GLOVE_TOKENS} x {GLOVE_DIM} GloVe file and a model with a "
+          f"{VOCAB_SIZE}-token vocabulary with Keras ...", flush=True)
+    subprocess.run([PYTHON, "-c", BY_TOKEN_GENERATE_SCRIPT, str(GLOVE_TOKENS), str(GLOVE_DIM),
+                    str(VOCAB_SIZE), str(VOCAB_ABSENT), str(glove), str(model)],
+                   env=env, check=True)
+    return glove, model
+
+
+def gensim_version(python: str, env: dict[str, str]) -> str | None:
+    """gensim's version as `python` imports it, or None when it cannot."""
+    try:
+        found = subprocess.run([python, "-c", "import gensim; print(gensim.__version__)"],
+                               env=env, capture_output=True, text=True)
+    except OSError:
+        return None
+    return (found.stdout.strip() or None) if found.returncode == 0 else None
+
+
+def gensim_interpreter(requested: str | None, env: dict[str, str]) -> tuple[str, str] | None:
+    """The interpreter to run gensim with and its gensim version: `requested`, which must
+    have gensim, else this one if it has gensim, else None."""
+    python = requested or PYTHON
+    version = gensim_version(python, env)
+    if version is None and requested:
+        raise SystemExit(f"--gensim-python {requested} cannot import gensim")
+    return (python, version) if version else None
+
+
+def verify_by_token(model: Path, edited: Path, glove: Path, env: dict[str, str]) -> str:
+    check = subprocess.run([PYTHON, "-c", BY_TOKEN_VERIFY_SCRIPT, str(model), str(edited),
+                            str(glove)], env=env, capture_output=True, text=True)
+    if check.returncode != 0:
+        return "embcli's output, read back with embcli's library: FAILED: " + check.stderr[-500:]
+    return f"embcli's output, read back with embcli's library: {check.stdout.strip()}: ok"
+
+
+def coverage_notes(log: Path) -> list[str]:
+    """embcli's coverage report, from the stderr of its last run."""
+    err = log.with_suffix(".err")
+    lines = err.read_text(errors="replace").splitlines() if err.exists() else []
+    return [f"embcli reported: {line}" for line in lines
+            if line.startswith(("matched ", "skipped "))]
+
+
+def by_token_benchmark(args: argparse.Namespace) -> tuple[int, dict]:
+    """`assign --by-token` from a GloVe text file against gensim loading the same file."""
+    env = child_env()
+    gensim = gensim_interpreter(args.gensim_python, env)
+    glove, model = ensure_by_token_files(env)
+    out = WORK / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    edited = out / "embcli-by-token.keras"
+    mine = Series("embcli", embcli("assign", model, "-l", LAYER, "--by-token", "--from", glove,
+                                   "-o", edited, "--force"), [edited])
+    theirs = Series("gensim", [gensim[0], "-c", GENSIM_SCRIPT, str(glove)]) if gensim else None
+    case = Case("assign --by-token", BY_TOKEN, mine, theirs)
+    notes = []
+    info = machine_info()
+    info["rss_floor_mb"] = round(rss_floor(env), 1)
+    if gensim:
+        info["versions"]["gensim"] = gensim[1]
+        notes.append(f"gensim {gensim[1]} ran with {gensim[0]}.")
+    else:
+        notes.append("gensim comparison skipped: this interpreter cannot import gensim; give "
+                     "--gensim-python PATH of one that can.")
+    logs = WORK / "logs"
+    for path in (glove, model):
+        warm(path)
+    size = glove.stat().st_size / 1e9
+    print(f"{BY_TOKEN} x {args.repeat} runs; {GLOVE_TOKENS} x {GLOVE_DIM} GloVe text "
+          f"({size:.2f} GB), {VOCAB_SIZE}-token vocabulary", flush=True)
+    run_rounds([case], args.repeat, env, logs)
+    notes.extend(coverage_notes(series_log(mine, case, logs)))
+    if not args.no_verify and mine.ok:
+        notes.append(verify_by_token(model, edited, glove, env))
+    if not args.keep_outputs:
+        remove(edited)
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    rows = table_rows([case])
+    if not gensim:
+        rows[0][1] = "gensim (skipped)"
+    print()
+    print(render_text(rows, HEADERS))
+    for note in notes:
+        print(f"note: {note}")
+    report = {
+        "machine": info,
+        "glove": {"tokens": GLOVE_TOKENS, "dim": GLOVE_DIM, "bytes": glove.stat().st_size},
+        "vocabulary": VOCAB_SIZE,
+        "repeat": args.repeat,
+        "notes": notes,
+        "cases": [_case_record(case)],
+    }
+    if not args.no_results:
+        body = "\n\n".join([
+            f"## assign --by-token: {GLOVE_TOKENS} x {GLOVE_DIM} GloVe text ({size:.2f} GB), "
+            f"{VOCAB_SIZE}-token vocabulary, median of {args.repeat}",
+            info_markdown(info) + f"\n- Load average at end: {info['load_average_end']}",
+            render_markdown(rows, HEADERS),
+            "\n".join(f"- {note}" for note in notes),
+            f"embcli runs `assign MODEL -l {LAYER} --by-token --from GLOVE -o OUT --force` on a "
+            f".keras whose StringLookup (vocabulary in its config, {VOCAB_SIZE - VOCAB_ABSENT} "
+            f"of the tokens in the file) feeds an Embedding of {VOCAB_SIZE + 1} x {GLOVE_DIM}, "
+            "and writes the edited model. gensim runs `KeyedVectors.load_word2vec_format("
+            "GLOVE, binary=False, no_header=True)` and writes nothing. `speedup` is gensim's "
+            "median time over embcli's.",
+        ])
+        write_results(BY_TOKEN, body)
+    return (0 if mine.ok else 1), report
 
 
 # --big: an 8 GB .keras, built without Keras --------------------------------------------------
@@ -766,7 +983,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Benchmark embcli against Keras (see bench/README.md).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.dedent(f"""\
-            cases: {', '.join(ALL_CASES)}
+            cases: {', '.join(ALL_CASES)} (the default); also {', '.join(OPT_IN_CASES)}
             Model files and outputs go to {WORK} (reused between runs)."""),
     )
     parser.add_argument("--rows", type=int, default=1_000_000, help="table rows (default 1000000)")
@@ -774,6 +991,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=None,
                         help="runs per command (default 3; 1 with --big)")
     parser.add_argument("--cases", default=",".join(ALL_CASES), help="comma-separated cases")
+    parser.add_argument("--gensim-python", metavar="PATH",
+                        help=f"an interpreter that has gensim, for {BY_TOKEN} (default: this "
+                        "one if it has gensim, else no gensim comparison)")
     parser.add_argument("--formats", default="keras,h5", help="model formats: keras,h5")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--no-verify", action="store_true",
@@ -795,7 +1015,24 @@ def main(argv: list[str] | None = None) -> int:
         args.repeat = 1 if args.big else 3
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    return big_benchmark(args) if args.big else default_benchmark(args)
+    if args.big:
+        return big_benchmark(args)
+    selected = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = set(selected) - set(ALL_CASES) - set(OPT_IN_CASES)
+    if unknown:
+        raise SystemExit(f"unknown cases: {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(ALL_CASES + OPT_IN_CASES)}")
+    standard = [c for c in selected if c in ALL_CASES]
+    code, report = 0, {}
+    if standard or BY_TOKEN not in selected:
+        code, report = default_benchmark(args, standard)
+    if BY_TOKEN in selected:
+        by_token_code, by_token_report = by_token_benchmark(args)
+        code = max(code, by_token_code)
+        report = {**report, "by_token": by_token_report} if report else by_token_report
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return code
 
 
 if __name__ == "__main__":
