@@ -207,6 +207,12 @@ def row_hashes(block: np.ndarray) -> np.ndarray:
     return hashes
 
 
+def short_hashes(block: np.ndarray) -> np.ndarray:
+    """32 bits of each row's hash: 4 bytes a row to find candidate duplicates, which are
+    then compared byte for byte, so that the rare equal short hash costs a comparison."""
+    return (row_hashes(block) >> np.uint64(32)).astype(np.uint32)
+
+
 def count_duplicates(model: ModelFile, table: Table, hashes: np.ndarray,
                      block_bytes: int = AUDIT_BLOCK_BYTES) -> int:
     """Rows bit-equal to an earlier row, given every row's hash (sorted here, in place).
@@ -236,7 +242,7 @@ def _count_pass(model: ModelFile, table: Table, group_hashes: np.ndarray,
     others: dict[int, set[bytes]] = {}
     duplicates = 0
     for _, block in iter_blocks(model, table, block_bytes=block_bytes):
-        hashes = row_hashes(block)
+        hashes = short_hashes(block)
         slot = np.minimum(np.searchsorted(group_hashes, hashes), len(group_hashes) - 1)
         hit = group_hashes[slot] == hashes
         if not hit.any():
@@ -263,7 +269,7 @@ def table_stats(model: ModelFile, table: Table, *, max_norm: float | None = None
                 block_bytes: int = AUDIT_BLOCK_BYTES, progress: Progress = None) -> TableStats:
     """Counts and moments of one table, streamed a block at a time.
 
-    Memory holds one block and an 8-byte hash per row (for finding duplicates).
+    Memory holds one block and a 4-byte hash per row (for finding duplicates).
 
     Args:
         max_norm: also count the finite rows whose L2 norm exceeds this (`over_norm`).
@@ -271,10 +277,10 @@ def table_stats(model: ModelFile, table: Table, *, max_norm: float | None = None
         progress: called with the number of rows after each block.
     """
     accumulator = _StatsAccumulator(max_norm=max_norm)
-    hashes = np.empty(table.rows, dtype=np.uint64)
+    hashes = np.empty(table.rows, dtype=np.uint32)
     for start, block in iter_blocks(model, table, block_bytes=block_bytes):
         accumulator.add(block)
-        hashes[start : start + len(block)] = row_hashes(block)
+        hashes[start : start + len(block)] = short_hashes(block)
         _report(progress, len(block))
     duplicates = count_duplicates(model, table, hashes, block_bytes)
     return accumulator.result(table, duplicates)
