@@ -236,8 +236,8 @@ def patch_in_place(plan: WritePlan, verify: Callable[[Path, list], None]) -> Non
     """
     from embcli import journal
 
-    for item in plan.files:
-        journal.recover(item.target.absolute().parent)
+    for folder in {item.target.absolute().parent for item in plan.files}:
+        journal.recover(folder)
     opened = []
     try:
         for item in plan.files:
