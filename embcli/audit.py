@@ -213,8 +213,9 @@ def short_hashes(block: np.ndarray) -> np.ndarray:
     return (row_hashes(block) >> np.uint64(32)).astype(np.uint32)
 
 
-def count_duplicates(model: ModelFile, table: Table, hashes: np.ndarray,
-                     block_bytes: int = AUDIT_BLOCK_BYTES) -> int:
+def count_duplicates(
+    model: ModelFile, table: Table, hashes: np.ndarray, block_bytes: int = AUDIT_BLOCK_BYTES
+) -> int:
     """Rows bit-equal to an earlier row, given every row's hash (sorted here, in place).
 
     Only hash values that occur more than once are kept. The table then streams by
@@ -234,8 +235,7 @@ def count_duplicates(model: ModelFile, table: Table, hashes: np.ndarray,
     )
 
 
-def _count_pass(model: ModelFile, table: Table, group_hashes: np.ndarray,
-                block_bytes: int) -> int:
+def _count_pass(model: ModelFile, table: Table, group_hashes: np.ndarray, block_bytes: int) -> int:
     """Duplicates among the rows whose hash is one of `group_hashes` (sorted, unique)."""
     first_rows: np.ndarray | None = None
     known = np.zeros(len(group_hashes), dtype=bool)
@@ -265,8 +265,14 @@ def _count_pass(model: ModelFile, table: Table, group_hashes: np.ndarray,
     return duplicates
 
 
-def table_stats(model: ModelFile, table: Table, *, max_norm: float | None = None,
-                block_bytes: int = AUDIT_BLOCK_BYTES, progress: Progress = None) -> TableStats:
+def table_stats(
+    model: ModelFile,
+    table: Table,
+    *,
+    max_norm: float | None = None,
+    block_bytes: int = AUDIT_BLOCK_BYTES,
+    progress: Progress = None,
+) -> TableStats:
     """Counts and moments of one table, streamed a block at a time.
 
     Memory holds one block and a 4-byte hash per row (for finding duplicates).
@@ -291,8 +297,13 @@ def audited_tables(model: ModelFile, layer: str | None) -> list[Table]:
     return [find_table(model, layer)] if layer is not None else list_tables(model)
 
 
-def stats(model: ModelFile, tables: Iterable[Table], *, block_bytes: int = AUDIT_BLOCK_BYTES,
-          progress: Progress = None) -> list[TableStats]:
+def stats(
+    model: ModelFile,
+    tables: Iterable[Table],
+    *,
+    block_bytes: int = AUDIT_BLOCK_BYTES,
+    progress: Progress = None,
+) -> list[TableStats]:
     """`table_stats` of each table."""
     return [table_stats(model, t, block_bytes=block_bytes, progress=progress) for t in tables]
 
@@ -310,8 +321,12 @@ class Problem:
     message: str
 
     def record(self) -> dict:
-        return {"table": self.table, "kind": self.kind, "count": self.count,
-                "message": self.message}
+        return {
+            "table": self.table,
+            "kind": self.kind,
+            "count": self.count,
+            "message": self.message,
+        }
 
 
 @dataclass
@@ -330,8 +345,12 @@ class CheckReport:
         return sum(s.table.rows for s in self.tables)
 
     def record(self) -> dict:
-        return {"ok": self.ok, "tables": len(self.tables), "rows": self.rows,
-                "problems": [p.record() for p in self.problems]}
+        return {
+            "ok": self.ok,
+            "tables": len(self.tables),
+            "rows": self.rows,
+            "problems": [p.record() for p in self.problems],
+        }
 
 
 def _rows(count: int, singular: str, plural: str) -> str:
@@ -343,48 +362,82 @@ def short_number(value: float) -> str:
     return f"{value:.6g}"
 
 
-def table_problems(found: TableStats, *, max_norm: float | None = None,
-                   max_zero_rows: int | None = None, no_duplicates: bool = False) -> list[Problem]:
+def table_problems(
+    found: TableStats,
+    *,
+    max_norm: float | None = None,
+    max_zero_rows: int | None = None,
+    no_duplicates: bool = False,
+) -> list[Problem]:
     """What is wrong with one table, given its stats and the user's limits."""
     name = found.table.name
     problems = []
     if found.nonfinite_rows:
         count = found.nonfinite_rows
-        problems.append(Problem(name, "nonfinite", count,
-                                f"{name}: {_rows(count, 'row holds', 'rows hold')} NaN or Inf"))
+        problems.append(
+            Problem(
+                name,
+                "nonfinite",
+                count,
+                f"{name}: {_rows(count, 'row holds', 'rows hold')} NaN or Inf",
+            )
+        )
     if max_norm is not None and found.over_norm:
         count = found.over_norm
-        problems.append(Problem(
-            name, "max_norm", count,
-            f"{name}: {_rows(count, 'row has', 'rows have')} an L2 norm above "
-            f"{short_number(max_norm)} (largest {short_number(found.norm_max or 0.0)})",
-        ))
+        problems.append(
+            Problem(
+                name,
+                "max_norm",
+                count,
+                f"{name}: {_rows(count, 'row has', 'rows have')} an L2 norm above "
+                f"{short_number(max_norm)} (largest {short_number(found.norm_max or 0.0)})",
+            )
+        )
     if max_zero_rows is not None and found.zero_rows > max_zero_rows:
         count = found.zero_rows
-        problems.append(Problem(
-            name, "max_zero_rows", count,
-            f"{name}: {_rows(count, 'all-zero row', 'all-zero rows')}, "
-            f"more than the {max_zero_rows} allowed",
-        ))
+        problems.append(
+            Problem(
+                name,
+                "max_zero_rows",
+                count,
+                f"{name}: {_rows(count, 'all-zero row', 'all-zero rows')}, "
+                f"more than the {max_zero_rows} allowed",
+            )
+        )
     if no_duplicates and found.duplicate_rows:
         count = found.duplicate_rows
-        problems.append(Problem(
-            name, "duplicates", count,
-            f"{name}: {_rows(count, 'row duplicates', 'rows duplicate')} an earlier row",
-        ))
+        problems.append(
+            Problem(
+                name,
+                "duplicates",
+                count,
+                f"{name}: {_rows(count, 'row duplicates', 'rows duplicate')} an earlier row",
+            )
+        )
     return problems
 
 
-def check(model: ModelFile, tables: Iterable[Table], *, max_norm: float | None = None,
-          max_zero_rows: int | None = None, no_duplicates: bool = False,
-          block_bytes: int = AUDIT_BLOCK_BYTES, progress: Progress = None) -> CheckReport:
+def check(
+    model: ModelFile,
+    tables: Iterable[Table],
+    *,
+    max_norm: float | None = None,
+    max_zero_rows: int | None = None,
+    no_duplicates: bool = False,
+    block_bytes: int = AUDIT_BLOCK_BYTES,
+    progress: Progress = None,
+) -> CheckReport:
     """Check tables for NaN/Inf rows and for the limits given."""
-    found = [table_stats(model, t, max_norm=max_norm, block_bytes=block_bytes, progress=progress)
-             for t in tables]
+    found = [
+        table_stats(model, t, max_norm=max_norm, block_bytes=block_bytes, progress=progress)
+        for t in tables
+    ]
     problems = [
-        problem for result in found
-        for problem in table_problems(result, max_norm=max_norm, max_zero_rows=max_zero_rows,
-                                      no_duplicates=no_duplicates)
+        problem
+        for result in found
+        for problem in table_problems(
+            result, max_norm=max_norm, max_zero_rows=max_zero_rows, no_duplicates=no_duplicates
+        )
     ]
     return CheckReport(found, problems)
 
@@ -438,8 +491,9 @@ def _find_or_none(model: ModelFile, layer: str) -> Table | None:
         return None
 
 
-def match_tables(model_a: ModelFile, model_b: ModelFile,
-                 layer: str | None = None) -> list[tuple[str, Table | None, Table | None]]:
+def match_tables(
+    model_a: ModelFile, model_b: ModelFile, layer: str | None = None
+) -> list[tuple[str, Table | None, Table | None]]:
     """Pairs of tables with the same name: A's tables in order, then those only in B."""
     if layer is not None:
         a, b = _find_or_none(model_a, layer), _find_or_none(model_b, layer)
@@ -471,8 +525,9 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return cosine
 
 
-def compare_blocks(a: np.ndarray, b: np.ndarray, atol: float = 0.0
-                   ) -> tuple[np.ndarray, float, float | None]:
+def compare_blocks(
+    a: np.ndarray, b: np.ndarray, atol: float = 0.0
+) -> tuple[np.ndarray, float, float | None]:
     """Rows that differ between two same-shape blocks, the largest |a-b|, and the smallest
     cosine similarity among the differing rows that hold no NaN or Inf.
 
@@ -496,9 +551,17 @@ def compare_blocks(a: np.ndarray, b: np.ndarray, atol: float = 0.0
     return rows, max_abs, min_cosine
 
 
-def diff_tables(model_a: ModelFile, a: Table | None, model_b: ModelFile, b: Table | None, *,
-                name: str | None = None, atol: float = 0.0, block_bytes: int = AUDIT_BLOCK_BYTES,
-                progress: Progress = None) -> TableDiff:
+def diff_tables(
+    model_a: ModelFile,
+    a: Table | None,
+    model_b: ModelFile,
+    b: Table | None,
+    *,
+    name: str | None = None,
+    atol: float = 0.0,
+    block_bytes: int = AUDIT_BLOCK_BYTES,
+    progress: Progress = None,
+) -> TableDiff:
     """Compare one table of A with one of B, streaming both a block at a time."""
     name = name or (a or b).name
     if a is None:
@@ -510,8 +573,11 @@ def diff_tables(model_a: ModelFile, a: Table | None, model_b: ModelFile, b: Tabl
     changed: list[np.ndarray] = []
     max_abs: float | None = None
     min_cosine: float | None = None
-    blocks = zip(iter_blocks(model_a, a, block_bytes=block_bytes),
-                 iter_blocks(model_b, b, block_bytes=block_bytes), strict=True)
+    blocks = zip(
+        iter_blocks(model_a, a, block_bytes=block_bytes),
+        iter_blocks(model_b, b, block_bytes=block_bytes),
+        strict=True,
+    )
     for (start, block_a), (_, block_b) in blocks:
         rows, block_max, block_cosine = compare_blocks(block_a, block_b, atol)
         changed.append(rows + start)
@@ -527,12 +593,20 @@ def diff_tables(model_a: ModelFile, a: Table | None, model_b: ModelFile, b: Tabl
     return TableDiff(name, status, a, b, True, changed_rows, max_abs, min_cosine)
 
 
-def diff(model_a: ModelFile, model_b: ModelFile, layer: str | None = None, *, atol: float = 0.0,
-         block_bytes: int = AUDIT_BLOCK_BYTES, progress: Progress = None) -> list[TableDiff]:
+def diff(
+    model_a: ModelFile,
+    model_b: ModelFile,
+    layer: str | None = None,
+    *,
+    atol: float = 0.0,
+    block_bytes: int = AUDIT_BLOCK_BYTES,
+    progress: Progress = None,
+) -> list[TableDiff]:
     """Compare the tables of two models, matched by name (or the one `layer` names)."""
     return [
-        diff_tables(model_a, a, model_b, b, name=name, atol=atol, block_bytes=block_bytes,
-                    progress=progress)
+        diff_tables(
+            model_a, a, model_b, b, name=name, atol=atol, block_bytes=block_bytes, progress=progress
+        )
         for name, a, b in match_tables(model_a, model_b, layer)
     ]
 
@@ -593,8 +667,11 @@ class _Screen:
         single = query.astype(np.float32)
         gamma = 4.0 * len(query) * 2.0**-24
         square = float(query @ query)
-        if (gamma > 1e-2 or not np.array_equal(single, query)
-                or not _TINY_SQUARE <= square <= _LARGEST_SQUARE):
+        if (
+            gamma > 1e-2
+            or not np.array_equal(single, query)
+            or not _TINY_SQUARE <= square <= _LARGEST_SQUARE
+        ):
             return None
         return cls(single, metric, gamma)
 
@@ -638,9 +715,14 @@ def _kth_largest(values: np.ndarray, k: int) -> float:
     return float(np.partition(values, len(values) - k)[len(values) - k])
 
 
-def nearest(blocks: Iterable[tuple[int, np.ndarray]], query: np.ndarray, k: int = 10,
-            metric: str = "cosine", exclude: int | None = None,
-            progress: Progress = None) -> list[Neighbor]:
+def nearest(
+    blocks: Iterable[tuple[int, np.ndarray]],
+    query: np.ndarray,
+    k: int = 10,
+    metric: str = "cosine",
+    exclude: int | None = None,
+    progress: Progress = None,
+) -> list[Neighbor]:
     """The k rows nearest `query`, best first, from `(first_row, block)` pairs.
 
     Keeps a running top-k, so memory holds one block. Float32 blocks are screened in
@@ -674,8 +756,9 @@ def nearest(blocks: Iterable[tuple[int, np.ndarray]], query: np.ndarray, k: int 
         keys = exact_keys(block[rows], query, metric)
         finite = np.isfinite(keys)
         keys, rows = _best(keys[finite], rows[finite] + start, k)
-        best_keys, best_rows = _best(np.concatenate([best_keys, keys]),
-                                     np.concatenate([best_rows, rows]), k)
+        best_keys, best_rows = _best(
+            np.concatenate([best_keys, keys]), np.concatenate([best_rows, rows]), k
+        )
         _report(progress, len(block))
     order = np.lexsort((best_rows, -best_keys))
     if metric == "l2":
@@ -696,8 +779,16 @@ def query_vector(model: ModelFile, table: Table, row: int, metric: str = "cosine
     return vector
 
 
-def neighbors(model: ModelFile, table: Table, row: int, k: int = 10, metric: str = "cosine", *,
-              block_bytes: int = AUDIT_BLOCK_BYTES, progress: Progress = None) -> list[Neighbor]:
+def neighbors(
+    model: ModelFile,
+    table: Table,
+    row: int,
+    k: int = 10,
+    metric: str = "cosine",
+    *,
+    block_bytes: int = AUDIT_BLOCK_BYTES,
+    progress: Progress = None,
+) -> list[Neighbor]:
     """The k rows of `table` nearest row `row` (which is left out), best first."""
     query = query_vector(model, table, row, metric)
     blocks = iter_blocks(model, table, block_bytes=block_bytes)

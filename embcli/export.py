@@ -20,8 +20,15 @@ from embcli.vectors import (
 )
 
 
-def export_tables(model: ModelFile, tables: Sequence[Table], output: Path, *, force: bool = False,
-                  raw: bool = False, tokens: Sequence[str] | None = None) -> str:
+def export_tables(
+    model: ModelFile,
+    tables: Sequence[Table],
+    output: Path,
+    *,
+    force: bool = False,
+    raw: bool = False,
+    tokens: Sequence[str] | None = None,
+) -> str:
     """Write `tables` to `output` in the format its extension names; returns that format.
 
     `.npz` takes every table given; the other formats take exactly one. `tokens`, one per

@@ -121,9 +121,14 @@ class _Counted:
         return data
 
 
-def read_token_vectors(path: str | Path, tokens: Sequence[str], *, fmt: str | None = None,
-                       dim: int | None = None,
-                       progress: Callable[[int], None] | None = None) -> TokenVectors:
+def read_token_vectors(
+    path: str | Path,
+    tokens: Sequence[str],
+    *,
+    fmt: str | None = None,
+    dim: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> TokenVectors:
     """Find the vectors of `tokens` in a token-keyed vector file, reading it once.
 
     Args:
@@ -148,7 +153,8 @@ def read_token_vectors(path: str | Path, tokens: Sequence[str], *, fmt: str | No
     file_dim, skip = _layout(path, head, fmt, separator)
     if dim is not None and file_dim != dim:
         raise BadVectors(
-            f"{path.name} holds {file_dim}-dimensional vectors; the table has dim {dim}")
+            f"{path.name} holds {file_dim}-dimensional vectors; the table has dim {dim}"
+        )
     with open(path, "rb") as handle:
         handle.seek(skip)
         if fmt == WORD2VEC_BINARY:
@@ -227,7 +233,7 @@ class _TextScan:
                 if not block:
                     break
                 data = pending + block if pending else block
-                pending = data[self._lines(data):]
+                pending = data[self._lines(data) :]
             if pending.strip():
                 self._lines(pending + b"\n")
 
@@ -247,7 +253,7 @@ class _TextScan:
             token = data[at:cut] if cut >= 0 else data[at:end]
             position = wanted.get(token)
             if position is not None or token in prefixes:
-                self._record(data[at:end], position, data[cut + 1:end] if cut >= 0 else b"")
+                self._record(data[at:end], position, data[cut + 1 : end] if cut >= 0 else b"")
             elif not token.strip() and cut < 0:
                 records -= 1
             records += 1
@@ -264,8 +270,9 @@ class _TextScan:
                 return
             if values is None:
                 shown = token.decode("utf-8", "replace")
-                raise BadVectors(f"{self.path.name}: the vector for {shown!r} is not "
-                                 f"{self.dim} numbers")
+                raise BadVectors(
+                    f"{self.path.name}: the vector for {shown!r} is not {self.dim} numbers"
+                )
         if position in self.found:
             self.duplicates += 1
         else:
@@ -310,12 +317,16 @@ class _BinaryScan:
             space = buffer.find(b" ", at)
             if space < 0 or space + 1 + width > len(buffer):
                 if len(buffer) - at > MAX_TOKEN_BYTES + width:
-                    raise BadVectors(f"{self.path.name}: record {self.records + 1} has no "
-                                     "token ending in a space; not word2vec binary")
+                    raise BadVectors(
+                        f"{self.path.name}: record {self.records + 1} has no "
+                        "token ending in a space; not word2vec binary"
+                    )
                 block = handle.read(BLOCK_BYTES)
                 if not block:
-                    raise BadVectors(f"{self.path.name}: ends after {self.records} of the "
-                                     f"{self.count} vectors its header announces")
+                    raise BadVectors(
+                        f"{self.path.name}: ends after {self.records} of the "
+                        f"{self.count} vectors its header announces"
+                    )
                 buffer = buffer[at:] + block
                 at = 0
                 continue
@@ -350,19 +361,24 @@ class Coverage:
 
     def lines(self) -> list[str]:
         share = f" ({100 * self.matched / self.total:.1f}%)" if self.total else ""
-        lines = [f"matched {self.matched:,} of {self.total:,} vocabulary tokens{share} in "
-                 f"{self.path.name} ({self.format}, {self.dim}-d, {self.records:,} vectors)"]
+        lines = [
+            f"matched {self.matched:,} of {self.total:,} vocabulary tokens{share} in "
+            f"{self.path.name} ({self.format}, {self.dim}-d, {self.records:,} vectors)"
+        ]
         if self.special_matched:
             lines.append("also matched special tokens: " + _quoted(self.special_matched))
         missing = self.total - self.matched
         if missing:
             more = f" (first {len(self.unmatched)})" if missing > len(self.unmatched) else ""
             lines.append(f"unmatched{more}: {_quoted(self.unmatched)}")
-        lines.append(f"skipped {self.skipped:,} token(s) of {self.path.name} that the "
-                     "vocabulary lacks")
+        lines.append(
+            f"skipped {self.skipped:,} token(s) of {self.path.name} that the vocabulary lacks"
+        )
         if self.duplicates:
-            lines.append(f"ignored {self.duplicates:,} repeated token(s); the first vector "
-                         "given for a token was used")
+            lines.append(
+                f"ignored {self.duplicates:,} repeated token(s); the first vector "
+                "given for a token was used"
+            )
         return lines
 
 
@@ -370,10 +386,16 @@ def _quoted(tokens: Iterable[str]) -> str:
     return ", ".join(repr(t) for t in tokens)
 
 
-def vocabulary_vectors(vocabulary: Vocabulary, rows: int, path: str | Path, *,
-                       fmt: str | None = None, dim: int | None = None,
-                       lowercase: bool = False, progress: Callable[[int], None] | None = None,
-                       ) -> tuple[np.ndarray, np.ndarray, Coverage]:
+def vocabulary_vectors(
+    vocabulary: Vocabulary,
+    rows: int,
+    path: str | Path,
+    *,
+    fmt: str | None = None,
+    dim: int | None = None,
+    lowercase: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, Coverage]:
     """The rows of a table whose token has a vector in `path`, those vectors, and a
     coverage report.
 
@@ -400,9 +422,14 @@ def vocabulary_vectors(vocabulary: Vocabulary, rows: int, path: str | Path, *,
     regular = [k for k in keys if k not in special_keys and k]
     unmatched = [k for k in regular if k not in matched_keys]
     coverage = Coverage(
-        path=path, format=found.format, dim=found.dim,
-        matched=len(regular) - len(unmatched), total=len(regular),
-        unmatched=unmatched[:UNMATCHED_SAMPLE], skipped=found.skipped, records=found.records,
+        path=path,
+        format=found.format,
+        dim=found.dim,
+        matched=len(regular) - len(unmatched),
+        total=len(regular),
+        unmatched=unmatched[:UNMATCHED_SAMPLE],
+        skipped=found.skipped,
+        records=found.records,
         duplicates=found.duplicates,
         special_matched=[k for k in keys if k in special_keys and k in matched_keys],
     )
@@ -414,6 +441,9 @@ def vocabulary_vectors(vocabulary: Vocabulary, rows: int, path: str | Path, *,
             sources.append(at)
     order = np.argsort(np.asarray(table_rows, dtype=np.int64), kind="stable")
     indices = np.asarray(table_rows, dtype=np.int64)[order]
-    values = found.vectors[np.asarray(sources, dtype=np.int64)[order]] if len(order) else \
-        np.zeros((0, found.dim), dtype=np.float64)
+    values = (
+        found.vectors[np.asarray(sources, dtype=np.int64)[order]]
+        if len(order)
+        else np.zeros((0, found.dim), dtype=np.float64)
+    )
     return indices, values, coverage

@@ -16,8 +16,13 @@ from embcli.errors import BadVectors, UnsupportedFormat
 from embcli.guarded import ZIP_ERRORS, check_archive, check_directory_size
 from embcli.output import number_text
 
-EXPORT_FORMATS = {".npy": "npy", ".npz": "npz", ".tsv": "tsv", ".txt": "word2vec",
-                  ".bin": "word2vec-binary"}
+EXPORT_FORMATS = {
+    ".npy": "npy",
+    ".npz": "npz",
+    ".tsv": "tsv",
+    ".txt": "word2vec",
+    ".bin": "word2vec-binary",
+}
 TOKEN_FORMATS = ("tsv", "word2vec", "word2vec-binary")
 METADATA_SUFFIX = "metadata"
 VECTORS_STEM = "vectors"
@@ -33,24 +38,24 @@ def export_format(path: Path) -> str:
         return EXPORT_FORMATS[path.suffix.lower()]
     except KeyError:
         raise UnsupportedFormat(
-            f"cannot tell the export format from {path.name!r}; use .npy, .npz, .tsv, .txt "
-            "or .bin"
+            f"cannot tell the export format from {path.name!r}; use .npy, .npz, .tsv, .txt or .bin"
         ) from None
 
 
 def _npy_header(handle, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-              "shape": shape}
-    np.lib.format.write_array_header_2_0(handle, header) if _needs_v2(shape) else \
-        np.lib.format.write_array_header_1_0(handle, header)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_2_0(handle, header) if _needs_v2(
+        shape
+    ) else np.lib.format.write_array_header_1_0(handle, header)
 
 
 def _needs_v2(shape: tuple[int, ...]) -> bool:
     return len(repr(shape)) > 60000
 
 
-def write_npy(handle, shape: tuple[int, ...], dtype: np.dtype,
-              blocks: Iterable[tuple[int, np.ndarray]]) -> None:
+def write_npy(
+    handle, shape: tuple[int, ...], dtype: np.dtype, blocks: Iterable[tuple[int, np.ndarray]]
+) -> None:
     """Stream blocks of rows into an `.npy` file handle."""
     _npy_header(handle, shape, dtype)
     for _, block in blocks:
@@ -72,8 +77,12 @@ def write_projector_tsv(handle, blocks: Iterable[tuple[int, np.ndarray]]) -> Non
         handle.write("".join("\t".join(number_text(v) for v in row) + "\n" for row in block))
 
 
-def write_word2vec_text(handle, shape: tuple[int, int], tokens: Sequence[str] | None,
-                        blocks: Iterable[tuple[int, np.ndarray]]) -> None:
+def write_word2vec_text(
+    handle,
+    shape: tuple[int, int],
+    tokens: Sequence[str] | None,
+    blocks: Iterable[tuple[int, np.ndarray]],
+) -> None:
     """word2vec text: a `rows dim` line, then `token v1 v2 ...` a row. Without a vocabulary
     the row index stands for the token."""
     handle.write(f"{shape[0]} {shape[1]}\n")
@@ -86,8 +95,12 @@ def write_word2vec_text(handle, shape: tuple[int, int], tokens: Sequence[str] | 
         handle.write("".join(lines))
 
 
-def write_word2vec_binary(handle, shape: tuple[int, int], tokens: Sequence[str] | None,
-                          blocks: Iterable[tuple[int, np.ndarray]]) -> None:
+def write_word2vec_binary(
+    handle,
+    shape: tuple[int, int],
+    tokens: Sequence[str] | None,
+    blocks: Iterable[tuple[int, np.ndarray]],
+) -> None:
     """word2vec binary, as word2vec.c writes it: a `rows dim` line, then per row the token,
     a space, `dim` little-endian float32 values and a newline."""
     handle.write(f"{shape[0]} {shape[1]}\n".encode())
@@ -153,10 +166,12 @@ def _read_npy(handle, what: str, size: int) -> np.ndarray:
         version = np.lib.format.read_magic(handle)
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(
-                handle, max_header_size=MAX_NPY_HEADER)
+                handle, max_header_size=MAX_NPY_HEADER
+            )
         elif version in ((2, 0), (3, 0)):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(
-                handle, max_header_size=MAX_NPY_HEADER)
+                handle, max_header_size=MAX_NPY_HEADER
+            )
         else:
             raise BadVectors(f"{what}: unsupported .npy version {version}")
     except (ValueError, SyntaxError, EOFError) as exc:
@@ -186,8 +201,10 @@ def _read_npz(path: Path, key: str | None) -> np.ndarray:
         keys = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
         if key is None:
             if len(keys) != 1:
-                raise BadVectors(f"{path.name} holds {len(keys)} arrays; choose one with "
-                                 f"--key: {', '.join(keys)}")
+                raise BadVectors(
+                    f"{path.name} holds {len(keys)} arrays; choose one with "
+                    f"--key: {', '.join(keys)}"
+                )
             key = keys[0]
         if key not in keys:
             raise BadVectors(f"{path.name} has no array {key!r}; it has: {', '.join(keys)}")
@@ -212,11 +229,13 @@ def _read_text(path: Path, delimiter: str | None) -> np.ndarray:
                 try:
                     row = [_parse_number(p) for p in parts]
                 except ValueError:
-                    raise BadVectors(f"{path.name}, line {number}: not a number: "
-                                     f"{parts[0][:40]!r}") from None
+                    raise BadVectors(
+                        f"{path.name}, line {number}: not a number: {parts[0][:40]!r}"
+                    ) from None
                 if width is not None and len(row) != width:
                     raise BadVectors(
-                        f"{path.name}, line {number}: {len(row)} values, expected {width}")
+                        f"{path.name}, line {number}: {len(row)} values, expected {width}"
+                    )
                 width = len(row)
                 rows.append(row)
     except UnicodeDecodeError as exc:

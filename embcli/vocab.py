@@ -31,10 +31,18 @@ TEXT_VECTORIZATION_SPECIALS = ("", "[UNK]", 1)
 DEFAULT_OOV = {STRING_LOOKUP: "[UNK]", INTEGER_LOOKUP: -1}
 INPUT_LAYER = "InputLayer"
 # Layers whose output holds the same token ids as their input, only rearranged.
-ID_PRESERVING_CLASSES = frozenset({
-    "Reshape", "Flatten", "Permute", "RepeatVector", "Cropping1D", "ZeroPadding1D",
-    "Concatenate", "Identity",
-})
+ID_PRESERVING_CLASSES = frozenset(
+    {
+        "Reshape",
+        "Flatten",
+        "Permute",
+        "RepeatVector",
+        "Cropping1D",
+        "ZeroPadding1D",
+        "Concatenate",
+        "Identity",
+    }
+)
 MAX_VOCABULARY_FILE = 1 << 31
 
 
@@ -83,8 +91,10 @@ class Vocabulary:
         """A warning when the vocabulary and the table disagree on the number of rows."""
         if len(self.tokens) == table.rows:
             return None
-        return (f"{table.name}: the vocabulary ({self.source}) has {len(self.tokens)} "
-                f"tokens but the table has {table.rows} rows")
+        return (
+            f"{table.name}: the vocabulary ({self.source}) has {len(self.tokens)} "
+            f"tokens but the table has {table.rows} rows"
+        )
 
 
 # Vocabulary files given by the user ----------------------------------------------------
@@ -309,16 +319,21 @@ def _history_names(nodes: Any) -> Iterator[str]:
                 continue
             stack.extend(item.values())
         elif isinstance(item, list):
-            if (len(item) >= 3 and isinstance(item[0], str) and isinstance(item[1], int)
-                    and isinstance(item[2], int)):
+            if (
+                len(item) >= 3
+                and isinstance(item[0], str)
+                and isinstance(item[1], int)
+                and isinstance(item[2], int)
+            ):
                 yield item[0]
                 continue
             stack.extend(reversed(item))
 
 
 def _keras3_group(owner: str) -> str:
-    return "/".join(LAYERS_CONTAINER if part == TF_KERAS_LAYERS_CONTAINER else part
-                    for part in owner.split("/"))
+    return "/".join(
+        LAYERS_CONTAINER if part == TF_KERAS_LAYERS_CONTAINER else part for part in owner.split("/")
+    )
 
 
 def _parents(group: str) -> Iterator[str]:
@@ -400,8 +415,9 @@ def _text(token: Any) -> str:
     return str(token) if token is not None else ""
 
 
-def _asset_vocabulary(model: ModelFile, layer: _Layer,
-                      rules: _LookupRules) -> tuple[list, str] | None:
+def _asset_vocabulary(
+    model: ModelFile, layer: _Layer, rules: _LookupRules
+) -> tuple[list, str] | None:
     if layer.group is None:
         return None
     groups = [layer.group]
@@ -463,8 +479,9 @@ def find_vocabulary(model: ModelFile, table: Table) -> Vocabulary | None:
     return None
 
 
-def table_vocabulary(model: ModelFile, table: Table, path: str | Path | None = None,
-                     column: str | None = None) -> Vocabulary | None:
+def table_vocabulary(
+    model: ModelFile, table: Table, path: str | Path | None = None, column: str | None = None
+) -> Vocabulary | None:
     """The vocabulary to use for `table`: the file given, else the model's own."""
     if path is not None:
         return load_vocabulary_file(path, column)

@@ -23,12 +23,34 @@ from embcli.model import find_table, open_model
 
 FUNCTIONAL = FIXTURES / "k3_functional.keras"
 STATS_KEYS = {
-    "name", "class", "weight", "quantized", "rows", "dim", "dtype", "nan_rows", "inf_rows",
-    "zero_rows", "duplicate_rows", "norm_min", "norm_mean", "norm_max", "mean", "std",
+    "name",
+    "class",
+    "weight",
+    "quantized",
+    "rows",
+    "dim",
+    "dtype",
+    "nan_rows",
+    "inf_rows",
+    "zero_rows",
+    "duplicate_rows",
+    "norm_min",
+    "norm_mean",
+    "norm_max",
+    "mean",
+    "std",
 }
 DIFF_KEYS = {
-    "name", "status", "shape_a", "shape_b", "dtype_a", "dtype_b", "changed_count",
-    "changed_rows", "max_abs_diff", "min_cosine",
+    "name",
+    "status",
+    "shape_a",
+    "shape_b",
+    "dtype_a",
+    "dtype_b",
+    "changed_count",
+    "changed_rows",
+    "max_abs_diff",
+    "min_cosine",
 }
 # Keras 3.0 weights files carry no layer names, so the manifest's names cannot find them.
 ORACLE_FIXTURES = [f for f in fixture_names() if f != "k30.weights.h5"]
@@ -108,8 +130,9 @@ def write_copy(source: Path, target: Path, edits: list[tuple[str, list[int], np.
     for step, (layer, rows, values) in enumerate(edits):
         out = target if step == len(edits) - 1 else target.with_name(f"step{step}_{target.name}")
         with open_model(current) as model:
-            assign(model, find_table(model, layer), np.asarray(rows), values, out,
-                   allow_nonfinite=True)
+            assign(
+                model, find_table(model, layer), np.asarray(rows), values, out, allow_nonfinite=True
+            )
         current = out
     return target
 
@@ -144,8 +167,9 @@ def assert_neighbors(got: list, want: list[tuple[int, float]], k: int) -> None:
     by_row = dict(want)
     assert len(got) == min(k, len(want))
     assert [n.score for n in got] == pytest.approx([s for _, s in want[:k]], rel=1e-9, abs=1e-12)
-    assert [n.score for n in got] == pytest.approx([by_row[n.index] for n in got],
-                                                    rel=1e-9, abs=1e-12)
+    assert [n.score for n in got] == pytest.approx(
+        [by_row[n.index] for n in got], rel=1e-9, abs=1e-12
+    )
 
 
 class ArrayModel(ModelFile):
@@ -248,8 +272,9 @@ def unhealthy(tmp_path_factory) -> dict:
         with open_model(FIXTURES / fixture) as model:
             table = find_table(model, layer)
         rows, values = unhealthy_edit(original, table)
-        target = write_copy(FIXTURES / fixture, root / copy_name(fixture, f"u{number}"),
-                            [(layer, rows, values)])
+        target = write_copy(
+            FIXTURES / fixture, root / copy_name(fixture, f"u{number}"), [(layer, rows, values)]
+        )
         want = original.copy()
         want[rows] = computed(values, table)
         made[(fixture, layer)] = (str(target), want)
@@ -281,8 +306,7 @@ def test_audits_read_tensorflow_artifacts(runner, fixture):
     twin = {"tfk_ckpt/ckpt": "tfk_full.h5", "tfk_savedmodel": "tfk.keras"}.get(fixture)
     if twin is None:
         return
-    result = runner.invoke(cli, ["diff", str(FIXTURES / fixture), str(FIXTURES / twin),
-                                 "--json"])
+    result = runner.invoke(cli, ["diff", str(FIXTURES / fixture), str(FIXTURES / twin), "--json"])
     shared = [r for r in json.loads(result.stdout) if r["status"] not in ("only_in_a", "only_in_b")]
     assert shared and all(r["status"] == "same" for r in shared)
 
@@ -329,9 +353,19 @@ def test_stats_json(runner, models):
     assert_stats(records[0], brute_stats(words))
     assert_stats(records[1], brute_stats(POSITIONS))
     assert records[0] == {
-        **records[0], "class": "Embedding", "weight": "layers/embedding/vars/0",
-        "quantized": None, "rows": 50, "dim": 8, "dtype": "float32", "nan_rows": 2,
-        "inf_rows": 2, "zero_rows": 3, "duplicate_rows": 3, "norm_min": 0.0, "norm_max": 50.0,
+        **records[0],
+        "class": "Embedding",
+        "weight": "layers/embedding/vars/0",
+        "quantized": None,
+        "rows": 50,
+        "dim": 8,
+        "dtype": "float32",
+        "nan_rows": 2,
+        "inf_rows": 2,
+        "zero_rows": 3,
+        "duplicate_rows": 3,
+        "norm_min": 0.0,
+        "norm_max": 50.0,
     }
 
 
@@ -426,10 +460,15 @@ def test_row_hashes_depend_on_every_byte():
 
 
 def test_check_ok(runner, models):
-    result = runner.invoke(cli, ["check", models["clean"], "--max-norm", "50",
-                                 "--max-zero-rows", "0", "--no-duplicates"])
+    result = runner.invoke(
+        cli,
+        ["check", models["clean"], "--max-norm", "50", "--max-zero-rows", "0", "--no-duplicates"],
+    )
     assert (result.exit_code, result.stdout, result.stderr) == (
-        0, "ok: 2 tables, 80 rows checked\n", "")
+        0,
+        "ok: 2 tables, 80 rows checked\n",
+        "",
+    )
     one = runner.invoke(cli, ["check", models["dirty"], "-l", "positions"])
     assert (one.exit_code, one.stdout) == (0, "ok: 1 table, 30 rows checked\n")
 
@@ -437,12 +476,17 @@ def test_check_ok(runner, models):
 def test_check_nonfinite_rows_fail_without_options(runner, models):
     result = runner.invoke(cli, ["check", models["dirty"]])
     assert (result.exit_code, result.stdout, result.stderr) == (
-        1, "words: 3 rows hold NaN or Inf\n", "")
+        1,
+        "words: 3 rows hold NaN or Inf\n",
+        "",
+    )
 
 
 def test_check_limits(runner, models):
-    result = runner.invoke(cli, ["check", models["dirty"], "--max-norm", "49.5",
-                                 "--max-zero-rows", "2", "--no-duplicates"])
+    result = runner.invoke(
+        cli,
+        ["check", models["dirty"], "--max-norm", "49.5", "--max-zero-rows", "2", "--no-duplicates"],
+    )
     assert result.exit_code == 1
     assert result.stdout == (
         "words: 3 rows hold NaN or Inf\n"
@@ -458,17 +502,29 @@ def test_check_json(runner, models):
     result = runner.invoke(cli, ["check", models["dirty"], "--no-duplicates", "--json"])
     assert result.exit_code == 1
     assert json.loads(result.stdout) == {
-        "ok": False, "tables": 2, "rows": 80,
+        "ok": False,
+        "tables": 2,
+        "rows": 80,
         "problems": [
-            {"table": "words", "kind": "nonfinite", "count": 3,
-             "message": "words: 3 rows hold NaN or Inf"},
-            {"table": "words", "kind": "duplicates", "count": 3,
-             "message": "words: 3 rows duplicate an earlier row"},
+            {
+                "table": "words",
+                "kind": "nonfinite",
+                "count": 3,
+                "message": "words: 3 rows hold NaN or Inf",
+            },
+            {
+                "table": "words",
+                "kind": "duplicates",
+                "count": 3,
+                "message": "words: 3 rows duplicate an earlier row",
+            },
         ],
     }
     ok = runner.invoke(cli, ["check", models["clean"], "--json"])
     assert (ok.exit_code, json.loads(ok.stdout)) == (
-        0, {"ok": True, "tables": 2, "rows": 80, "problems": []})
+        0,
+        {"ok": True, "tables": 2, "rows": 80, "problems": []},
+    )
 
 
 @pytest.mark.parametrize(("fixture", "key", "layer"), EDIT_CASES)
@@ -484,14 +540,25 @@ def test_check_edited_tables(unhealthy, runner, fixture, key, layer):
     assert result.stdout.splitlines() == lines
 
 
-@pytest.mark.parametrize("fixture", ["k3_functional.keras", "k3_legacy.h5", "tfk_full.h5",
-                                     "k3_sharded.weights.json", "k3_folder", "k3_int8.keras"])
+@pytest.mark.parametrize(
+    "fixture",
+    [
+        "k3_functional.keras",
+        "k3_legacy.h5",
+        "tfk_full.h5",
+        "k3_sharded.weights.json",
+        "k3_folder",
+        "k3_int8.keras",
+    ],
+)
 def test_check_fixtures_are_healthy(runner, fixture):
     result = runner.invoke(cli, ["check", str(FIXTURES / fixture)])
     tables = expected_tables(fixture)
     rows = sum(len(v) for v in tables.values())
     assert (result.exit_code, result.stdout) == (
-        0, f"ok: {len(tables)} tables, {rows} rows checked\n".replace("ok: 1 tables", "ok: 1 table"))
+        0,
+        f"ok: {len(tables)} tables, {rows} rows checked\n".replace("ok: 1 tables", "ok: 1 table"),
+    )
 
 
 def test_check_usage_errors(runner, models):
@@ -509,8 +576,9 @@ def test_diff_same_across_formats(runner):
     for other in ("k3.weights.h5", "k3_folder", "k3_sharded.weights.json"):
         result = runner.invoke(cli, ["diff", str(FUNCTIONAL), str(FIXTURES / other)])
         assert (result.exit_code, result.stdout) == (0, "same: 2 tables, 80 rows compared\n")
-    result = runner.invoke(cli, ["diff", str(FIXTURES / "tfk_full.h5"),
-                                 str(FIXTURES / "tfk.keras")])
+    result = runner.invoke(
+        cli, ["diff", str(FIXTURES / "tfk_full.h5"), str(FIXTURES / "tfk.keras")]
+    )
     assert (result.exit_code, result.stdout) == (0, "same: 2 tables, 60 rows compared\n")
 
 
@@ -526,7 +594,8 @@ def test_diff_changed_rows(runner, models):
 def test_diff_atol(runner, models):
     half = runner.invoke(cli, ["diff", models["clean"], models["moved"], "--atol", "0.5"])
     assert half.stdout.splitlines()[0] == (
-        "words: 1 of 50 rows changed: 4; max abs diff 10.0, min cosine -1.0")
+        "words: 1 of 50 rows changed: 4; max abs diff 10.0, min cosine -1.0"
+    )
     wide = runner.invoke(cli, ["diff", models["clean"], models["moved"], "--atol", "10"])
     assert (wide.exit_code, wide.stdout) == (0, "same: 2 tables, 80 rows compared\n")
 
@@ -538,9 +607,16 @@ def test_diff_json(runner, models):
     assert all(set(r) == DIFF_KEYS for r in records)
     words, positions = records
     assert words == {
-        "name": "words", "status": "changed", "shape_a": [50, 8], "shape_b": [50, 8],
-        "dtype_a": "float32", "dtype_b": "float32", "changed_count": 2, "changed_rows": [2, 4],
-        "max_abs_diff": 10.0, "min_cosine": -1.0,
+        "name": "words",
+        "status": "changed",
+        "shape_a": [50, 8],
+        "shape_b": [50, 8],
+        "dtype_a": "float32",
+        "dtype_b": "float32",
+        "changed_count": 2,
+        "changed_rows": [2, 4],
+        "max_abs_diff": 10.0,
+        "min_cosine": -1.0,
     }
     assert positions["status"] == "same"
     assert (positions["changed_rows"], positions["changed_count"]) == ([], 0)
@@ -548,16 +624,16 @@ def test_diff_json(runner, models):
 
 
 def test_diff_nan_and_signed_zero(runner, models):
-    result = runner.invoke(cli, ["diff", models["clean"], models["dirty"], "-l", "words",
-                                 "--json"])
+    result = runner.invoke(cli, ["diff", models["clean"], models["dirty"], "-l", "words", "--json"])
     [words] = json.loads(result.stdout)
     assert words["changed_rows"] == DIRTY_ROWS
     assert words["max_abs_diff"] == float("inf")
     assert words["min_cosine"] == 0.0
     against_itself = runner.invoke(cli, ["diff", models["dirty"], models["dirty"]])
     assert against_itself.exit_code == 0
-    loose = runner.invoke(cli, ["diff", models["clean"], models["dirty"], "-l", "words",
-                                "--atol", "100", "--json"])
+    loose = runner.invoke(
+        cli, ["diff", models["clean"], models["dirty"], "-l", "words", "--atol", "100", "--json"]
+    )
     assert json.loads(loose.stdout)[0]["changed_rows"] == [3, 5, 7]
 
 
@@ -567,8 +643,10 @@ def test_diff_edited_tables_match_brute_force(unhealthy, fixture, key, layer):
     original = expected_tables(fixture)[key]
     with open_model(FIXTURES / fixture) as a, open_model(path) as b:
         [result] = audit.diff(a, b, layer, block_bytes=SMALL_BLOCKS)
-    bits = (np.ascontiguousarray(original).view(np.uint8).reshape(len(original), -1)
-            != np.ascontiguousarray(want).view(np.uint8).reshape(len(want), -1)).any(axis=1)
+    bits = (
+        np.ascontiguousarray(original).view(np.uint8).reshape(len(original), -1)
+        != np.ascontiguousarray(want).view(np.uint8).reshape(len(want), -1)
+    ).any(axis=1)
     assert result.changed_rows == np.flatnonzero(bits).tolist()
     assert result.status == "changed"
 
@@ -578,22 +656,28 @@ def test_diff_tables_only_in_one_and_dtype(runner):
     result = runner.invoke(cli, ["diff", str(FUNCTIONAL), int8])
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("words: dtype float32 -> int8; 50 of 50 rows changed: "
-                               "0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 40 more; max abs diff ")
+    assert lines[0].startswith(
+        "words: dtype float32 -> int8; 50 of 50 rows changed: "
+        "0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 40 more; max abs diff "
+    )
     assert lines[1:] == ["positions: only in A", "2 of 2 tables differ"]
     swapped = json.loads(runner.invoke(cli, ["diff", int8, str(FUNCTIONAL), "--json"]).stdout)
     assert [(r["name"], r["status"]) for r in swapped] == [
-        ("words", "dtype_changed"), ("positions", "only_in_b")]
+        ("words", "dtype_changed"),
+        ("positions", "only_in_b"),
+    ]
     assert swapped[1]["changed_rows"] == [] and swapped[1]["changed_count"] is None
     keras_values = expected_tables("k3_int8.keras")["words"]
     float_values = expected_tables("k3_functional.keras")["words"]
     assert swapped[0]["max_abs_diff"] == pytest.approx(
-        float(np.abs(keras_values.astype(np.float64) - float_values).max()), rel=1e-12)
+        float(np.abs(keras_values.astype(np.float64) - float_values).max()), rel=1e-12
+    )
 
 
 def test_diff_layer_missing_from_one_model(runner):
-    result = runner.invoke(cli, ["diff", str(FUNCTIONAL), str(FIXTURES / "k3_vocab.keras"),
-                                 "-l", "words"])
+    result = runner.invoke(
+        cli, ["diff", str(FUNCTIONAL), str(FIXTURES / "k3_vocab.keras"), "-l", "words"]
+    )
     assert (result.exit_code, result.stdout) == (1, "words: only in A\n1 of 1 table differ\n")
 
 
@@ -633,21 +717,34 @@ def test_diff_errors_exit_2(runner, tmp_path, models):
         assert result.stdout == ""
         assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
     assert runner.invoke(cli, ["diff", models["clean"]]).exit_code == 2
-    assert runner.invoke(cli, ["diff", models["clean"], models["clean"],
-                               "--atol", "-1"]).exit_code == 2
+    assert (
+        runner.invoke(cli, ["diff", models["clean"], models["clean"], "--atol", "-1"]).exit_code
+        == 2
+    )
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(1, 25), st.integers(1, 5), st.integers(0, 2**32 - 1), st.integers(1, 100),
-       st.sampled_from([0.0, 0.1, 1.0]))
+@given(
+    st.integers(1, 25),
+    st.integers(1, 5),
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 100),
+    st.sampled_from([0.0, 0.1, 1.0]),
+)
 def test_diff_property(rows, dim, seed, block_bytes, atol):
     rng = np.random.default_rng(seed)
     a = rng.choice([0.0, -0.0, 1.0, 2.0, np.nan, np.inf], size=(rows, dim)).astype(np.float32)
     b = a.copy()
     picks = rng.random((rows, dim)) < 0.2
     b[picks] = rng.choice([0.0, -0.0, 1.05, 3.0, np.nan, -np.inf], size=int(picks.sum()))
-    result = audit.diff_tables(ArrayModel(a), ArrayModel(a).table, ArrayModel(b),
-                               ArrayModel(b).table, atol=atol, block_bytes=block_bytes)
+    result = audit.diff_tables(
+        ArrayModel(a),
+        ArrayModel(a).table,
+        ArrayModel(b),
+        ArrayModel(b).table,
+        atol=atol,
+        block_bytes=block_bytes,
+    )
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     nan_differs = np.isnan(a64) ^ np.isnan(b64)
     with np.errstate(invalid="ignore"):
@@ -667,23 +764,29 @@ def test_diff_property(rows, dim, seed, block_bytes, atol):
 def test_neighbors_ties_go_to_lower_rows(runner, models):
     result = runner.invoke(cli, ["neighbors", models["clean"], "-l", "words", "0", "-k", "3"])
     assert (result.exit_code, result.stdout, result.stderr) == (
-        0, "row  cosine\n  1     1.0\n  2     1.0\n  3     1.0\n", "")
+        0,
+        "row  cosine\n  1     1.0\n  2     1.0\n  3     1.0\n",
+        "",
+    )
     last = runner.invoke(cli, ["neighbors", models["clean"], "-l", "words", "-1", "-k", "2"])
     assert last.stdout == "row  cosine\n  0     1.0\n  1     1.0\n"
 
 
 def test_neighbors_metrics(runner, models):
-    dot = runner.invoke(cli, ["neighbors", models["clean"], "-l", "words", "0", "-k", "3",
-                              "--metric", "dot"])
+    dot = runner.invoke(
+        cli, ["neighbors", models["clean"], "-l", "words", "0", "-k", "3", "--metric", "dot"]
+    )
     assert dot.stdout == "row   dot\n 49  50.0\n 48  49.0\n 47  48.0\n"
-    l2 = runner.invoke(cli, ["neighbors", models["clean"], "-l", "words", "10", "-k", "4",
-                             "--metric", "l2"])
+    l2 = runner.invoke(
+        cli, ["neighbors", models["clean"], "-l", "words", "10", "-k", "4", "--metric", "l2"]
+    )
     assert l2.stdout == "row   l2\n  9  1.0\n 11  1.0\n  8  2.0\n 12  2.0\n"
 
 
 def test_neighbors_json(runner, models):
-    result = runner.invoke(cli, ["neighbors", models["clean"], "-l", "positions", "7", "-k",
-                                 "29", "--json"])
+    result = runner.invoke(
+        cli, ["neighbors", models["clean"], "-l", "positions", "7", "-k", "29", "--json"]
+    )
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert list(data) == ["layer", "query", "metric", "neighbors"]
@@ -691,39 +794,49 @@ def test_neighbors_json(runner, models):
     assert all(set(n) == {"index", "score"} for n in data["neighbors"])
     want = brute_neighbors(POSITIONS, 7, "cosine")
     assert [n["index"] for n in data["neighbors"]] == [i for i, _ in want]
-    assert [n["score"] for n in data["neighbors"]] == pytest.approx([s for _, s in want],
-                                                                    rel=1e-12)
+    assert [n["score"] for n in data["neighbors"]] == pytest.approx([s for _, s in want], rel=1e-12)
 
 
 def test_neighbors_skip_nonfinite_rows(runner, models):
-    result = runner.invoke(cli, ["neighbors", models["dirty"], "-l", "words", "0", "-k", "6",
-                                 "--metric", "l2", "--json"])
+    result = runner.invoke(
+        cli,
+        ["neighbors", models["dirty"], "-l", "words", "0", "-k", "6", "--metric", "l2", "--json"],
+    )
     found = [n["index"] for n in json.loads(result.stdout)["neighbors"]]
     assert found == [1, 10, 20, 30, 31, 40]
 
 
-@pytest.mark.parametrize(("row", "message"), [
-    ("3", "Error: row 3 of words holds NaN or Inf\n"),
-    ("10", "Error: row 10 of words is all zeros; its cosine similarity is undefined "
-           "(try --metric l2)\n"),
-    ("50", "Error: row 50 is out of range for a table of 50 rows\n"),
-])
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("3", "Error: row 3 of words holds NaN or Inf\n"),
+        (
+            "10",
+            "Error: row 10 of words is all zeros; its cosine similarity is undefined "
+            "(try --metric l2)\n",
+        ),
+        ("50", "Error: row 50 is out of range for a table of 50 rows\n"),
+    ],
+)
 def test_neighbors_unusable_query(runner, models, row, message):
     result = runner.invoke(cli, ["neighbors", models["dirty"], "-l", "words", row])
     assert (result.exit_code, result.stdout, result.stderr) == (1, "", message)
 
 
-@pytest.mark.parametrize("args", [
-    [],
-    ["1", "--token", "cat"],
-    ["1:3"],
-    ["1,2"],
-    ["--bogus"],
-    ["1", "-k", "0"],
-    ["1", "--metric", "manhattan"],
-    ["1", "2"],
-    ["1", "--vocab-column", "word"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["1", "--token", "cat"],
+        ["1:3"],
+        ["1,2"],
+        ["--bogus"],
+        ["1", "-k", "0"],
+        ["1", "--metric", "manhattan"],
+        ["1", "2"],
+        ["1", "--vocab-column", "word"],
+    ],
+)
 def test_neighbors_usage_errors(runner, models, args):
     result = runner.invoke(cli, ["neighbors", models["clean"], "-l", "words", *args])
     assert result.exit_code == 2, result.output
@@ -731,8 +844,9 @@ def test_neighbors_usage_errors(runner, models, args):
 
 def test_neighbors_by_token(runner):
     vocab = str(FIXTURES / "k3_vocab.keras")
-    result = runner.invoke(cli, ["neighbors", vocab, "-l", "tok_emb", "--token", "cat", "-k",
-                                 "3", "--json"])
+    result = runner.invoke(
+        cli, ["neighbors", vocab, "-l", "tok_emb", "--token", "cat", "-k", "3", "--json"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert (data["query"], data["token"]) == (3, "cat")
@@ -740,33 +854,61 @@ def test_neighbors_by_token(runner):
     tokens = ["", "[UNK]", "the", "cat", "café", "日本", "naïve", "über", "straße", "東京"]
     want = brute_neighbors(values, 3, "cosine")[:3]
     assert [(n["index"], n["token"]) for n in data["neighbors"]] == [
-        (i, tokens[i]) for i, _ in want]
+        (i, tokens[i]) for i, _ in want
+    ]
     by_row = runner.invoke(cli, ["neighbors", vocab, "-l", "tok_emb", "3", "-k", "3"])
     assert by_row.stdout.splitlines()[0].split() == ["row", "token", "cosine"]
     assert [line.split()[1] for line in by_row.stdout.splitlines()[1:]] == [
-        tokens[i] for i, _ in want]
+        tokens[i] for i, _ in want
+    ]
 
 
 def test_neighbors_token_errors(runner, tmp_path):
-    unknown = runner.invoke(cli, ["neighbors", str(FIXTURES / "k3_vocab.keras"), "-l",
-                                  "tok_emb", "--token", "dog"])
+    unknown = runner.invoke(
+        cli, ["neighbors", str(FIXTURES / "k3_vocab.keras"), "-l", "tok_emb", "--token", "dog"]
+    )
     assert unknown.exit_code == 1
     assert unknown.stderr.startswith("Error: 'dog' is not in the vocabulary")
     none = runner.invoke(cli, ["neighbors", str(FUNCTIONAL), "-l", "words", "--token", "cat"])
     assert (none.exit_code, none.stderr) == (
-        1, "Error: no vocabulary is known for words; give one with --vocab FILE\n")
+        1,
+        "Error: no vocabulary is known for words; give one with --vocab FILE\n",
+    )
     words = tmp_path / "words.txt"
     words.write_text("\n".join(f"w{i}" for i in range(50)))
-    given_file = runner.invoke(cli, ["neighbors", str(FUNCTIONAL), "-l", "words", "--token",
-                                     "w7", "--vocab", str(words), "-k", "2", "--json"])
+    given_file = runner.invoke(
+        cli,
+        [
+            "neighbors",
+            str(FUNCTIONAL),
+            "-l",
+            "words",
+            "--token",
+            "w7",
+            "--vocab",
+            str(words),
+            "-k",
+            "2",
+            "--json",
+        ],
+    )
     data = json.loads(given_file.stdout)
     assert (data["query"], data["token"]) == (7, "w7")
     assert [n["token"] for n in data["neighbors"]] == [f"w{n['index']}" for n in data["neighbors"]]
 
 
-@pytest.mark.parametrize("fixture", ["k3_functional.keras", "k3.weights.h5", "k3_legacy.h5",
-                                     "tfk_full.h5", "k3_dtypes.keras", "k3_int8.keras",
-                                     "k3_nested.keras"])
+@pytest.mark.parametrize(
+    "fixture",
+    [
+        "k3_functional.keras",
+        "k3.weights.h5",
+        "k3_legacy.h5",
+        "tfk_full.h5",
+        "k3_dtypes.keras",
+        "k3_int8.keras",
+        "k3_nested.keras",
+    ],
+)
 @pytest.mark.parametrize("metric", audit.METRICS)
 def test_neighbors_match_brute_force_on_keras_values(fixture, metric):
     with open_model(FIXTURES / fixture) as model:
@@ -780,8 +922,14 @@ def test_neighbors_match_brute_force_on_keras_values(fixture, metric):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(2, 60), st.integers(1, 9), st.integers(0, 2**32 - 1), st.integers(1, 12),
-       st.sampled_from(audit.METRICS), st.sampled_from(["normal", "grid", "scaled"]))
+@given(
+    st.integers(2, 60),
+    st.integers(1, 9),
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 12),
+    st.sampled_from(audit.METRICS),
+    st.sampled_from(["normal", "grid", "scaled"]),
+)
 def test_screened_neighbors_equal_float64_scoring(rows, dim, seed, k, metric, kind):
     rng = np.random.default_rng(seed)
     if kind == "grid":

@@ -32,8 +32,9 @@ def interrupted_edit(tmp_path, fixture, complete_journal=True, applied=0.5):
     shutil.copy(FIXTURES / fixture, target)
     with open_model(target) as model:
         table = find_table(model, "words")
-        patches, _ = plan_patches(model, table, np.arange(0, 50, 3),
-                                  np.ones((17, table.dim), np.float32))
+        patches, _ = plan_patches(
+            model, table, np.arange(0, 50, 3), np.ones((17, table.dim), np.float32)
+        )
         plan = model.plan_write(target, patches, in_place=True)
     item = plan.files[0]
     fd = os.open(target, os.O_RDWR)
@@ -78,12 +79,16 @@ def test_the_next_in_place_edit_rolls_back_first(tmp_path, runner):
     from embcli.cli import cli
 
     target = interrupted_edit(tmp_path, "k3_functional.keras")
-    result = runner.invoke(cli, ["assign", str(target), "-l", "positions", "--fill", "zeros",
-                                 "--rows", "0", "--in-place"])
+    result = runner.invoke(
+        cli,
+        ["assign", str(target), "-l", "positions", "--fill", "zeros", "--rows", "0", "--in-place"],
+    )
     assert result.exit_code == 0, result.output
     with open_model(target) as model:
         words = read_rows(model, find_table(model, "words"), np.arange(50))
-    np.testing.assert_array_equal(words, np.load(FIXTURES / "expected" / "k3_functional_keras.npz")["words"])
+    np.testing.assert_array_equal(
+        words, np.load(FIXTURES / "expected" / "k3_functional_keras.npz")["words"]
+    )
 
 
 def test_a_journal_for_another_file_is_ignored(tmp_path, runner):
@@ -122,8 +127,9 @@ def test_in_place_writes_only_the_changed_bytes(tmp_path, runner):
     shutil.copy(FIXTURES / "k3_functional.keras", target)
     inode = target.stat().st_ino
     before = target.read_bytes()
-    result = runner.invoke(cli, ["assign", str(target), "-l", "words", "--fill", "zeros",
-                                 "--rows", "7", "--in-place"])
+    result = runner.invoke(
+        cli, ["assign", str(target), "-l", "words", "--fill", "zeros", "--rows", "7", "--in-place"]
+    )
     assert result.exit_code == 0, result.output
     after = target.read_bytes()
     assert target.stat().st_ino == inode

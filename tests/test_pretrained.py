@@ -27,8 +27,10 @@ def vectors_for(tokens, dim=4, seed=0) -> np.ndarray:
 
 
 def text_lines(tokens, values, sep=" ", trailing="") -> list[str]:
-    return [t + sep + sep.join(repr(float(v)) for v in row) + trailing
-            for t, row in zip(tokens, values, strict=True)]
+    return [
+        t + sep + sep.join(repr(float(v)) for v in row) + trailing
+        for t, row in zip(tokens, values, strict=True)
+    ]
 
 
 def write_glove(path: Path, tokens, values, newline="\n") -> Path:
@@ -46,7 +48,9 @@ def write_word2vec_binary(path: Path, tokens, values, newline=True) -> Path:
     """As word2vec.c writes it (a newline after each vector) or gensim (none)."""
     parts = [f"{len(tokens)} {values.shape[1]}\n".encode()]
     for token, row in zip(tokens, values, strict=True):
-        parts.append(token.encode() + b" " + row.astype("<f4").tobytes() + (b"\n" if newline else b""))
+        parts.append(
+            token.encode() + b" " + row.astype("<f4").tobytes() + (b"\n" if newline else b"")
+        )
     path.write_bytes(b"".join(parts))
     return path
 
@@ -64,8 +68,11 @@ FILE_KINDS = {
     "word2vec": ("w.txt", write_word2vec_text, "word2vec"),
     "fasttext": ("f.vec", lambda p, t, v: write_word2vec_text(p, t, v, trailing=" "), "fasttext"),
     "binary": ("w.bin", write_word2vec_binary, "word2vec-binary"),
-    "binary_gensim": ("w.bin", lambda p, t, v: write_word2vec_binary(p, t, v, False),
-                      "word2vec-binary"),
+    "binary_gensim": (
+        "w.bin",
+        lambda p, t, v: write_word2vec_binary(p, t, v, False),
+        "word2vec-binary",
+    ),
     "binary_no_suffix": ("vectors", write_word2vec_binary, "word2vec-binary"),
     "tsv": ("v.tsv", write_tsv, "tsv"),
     "tsv_header": ("v.tsv", lambda p, t, v: write_tsv(p, t, v, header=True), "tsv"),
@@ -147,8 +154,9 @@ def test_blank_lines_and_no_final_newline(tmp_path):
 
 def test_dimension_mismatch(vector_file):
     path, _, _ = vector_file
-    with pytest.raises(BadVectors, match=f"{path.name} holds 4-dimensional vectors; "
-                                         "the table has dim 5"):
+    with pytest.raises(
+        BadVectors, match=f"{path.name} holds 4-dimensional vectors; the table has dim 5"
+    ):
         read_token_vectors(path, ["the"], dim=5)
 
 
@@ -184,8 +192,9 @@ def test_empty_and_missing_files(tmp_path):
 
 
 def test_coverage_report(tmp_path):
-    vocabulary = Vocabulary(["", "[UNK]", "the", "café", "日本", "naïve", "über", "the"],
-                            "config:tv", specials=2)
+    vocabulary = Vocabulary(
+        ["", "[UNK]", "the", "café", "日本", "naïve", "über", "the"], "config:tv", specials=2
+    )
     tokens = ["[UNK]", "the", "café", "zebra", "東京", "日本"]
     values = vectors_for(tokens)
     path = write_glove(tmp_path / "glove.txt", tokens, values)
@@ -242,8 +251,20 @@ def test_assign_by_token_reloads_in_keras(runner, tmp_path, model_copy):
     values = vectors_for(tokens)
     source = write_word2vec_text(tmp_path / "vecs.vec", tokens, values, trailing=" ")
     out = tmp_path / "out.keras"
-    result = runner.invoke(cli, ["assign", str(model_copy), "-l", "tok_emb", "--by-token",
-                                 "--from", str(source), "-o", str(out)])
+    result = runner.invoke(
+        cli,
+        [
+            "assign",
+            str(model_copy),
+            "-l",
+            "tok_emb",
+            "--by-token",
+            "--from",
+            str(source),
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [
         "matched 3 of 8 vocabulary tokens (37.5%) in vecs.vec (fasttext, 4-d, 5 vectors)",
@@ -259,8 +280,9 @@ def test_assign_by_token_reloads_in_keras(runner, tmp_path, model_copy):
     with open_model(out) as model:
         other = find_table(model, "lookup_emb")
         with open_model(VOCAB_FIXTURE) as original:
-            np.testing.assert_array_equal(read_rows(model, other, np.arange(6)),
-                                          read_rows(original, other, np.arange(6)))
+            np.testing.assert_array_equal(
+                read_rows(model, other, np.arange(6)), read_rows(original, other, np.arange(6))
+            )
 
 
 def test_assign_by_token_binary_in_place_with_user_vocabulary(runner, tmp_path):
@@ -269,8 +291,21 @@ def test_assign_by_token_binary_in_place_with_user_vocabulary(runner, tmp_path):
     vocab.write_text("\n".join(f"w{i}" for i in range(50)), encoding="utf-8")
     values = vectors_for(["w49", "w0"], dim=8)
     source = write_word2vec_binary(tmp_path / "v.bin", ["w49", "w0"], values)
-    result = runner.invoke(cli, ["assign", str(model), "-l", "words", "--by-token", "--from",
-                                 str(source), "--vocab", str(vocab), "--in-place"])
+    result = runner.invoke(
+        cli,
+        [
+            "assign",
+            str(model),
+            "-l",
+            "words",
+            "--by-token",
+            "--from",
+            str(source),
+            "--vocab",
+            str(vocab),
+            "--in-place",
+        ],
+    )
     assert result.exit_code == 0, result.output
     table = keras_table(model, "words")
     np.testing.assert_array_equal(table[[0, 49]], values[[1, 0]].astype(np.float32))
@@ -279,19 +314,44 @@ def test_assign_by_token_binary_in_place_with_user_vocabulary(runner, tmp_path):
 def test_assign_by_token_dimension_mismatch_writes_nothing(runner, tmp_path, model_copy):
     source = write_glove(tmp_path / "g.txt", ["the"], vectors_for(["the"], dim=5))
     out = tmp_path / "out.keras"
-    result = runner.invoke(cli, ["assign", str(model_copy), "-l", "tok_emb", "--by-token",
-                                 "--from", str(source), "-o", str(out)])
+    result = runner.invoke(
+        cli,
+        [
+            "assign",
+            str(model_copy),
+            "-l",
+            "tok_emb",
+            "--by-token",
+            "--from",
+            str(source),
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 1
-    assert result.output.strip() == ("Error: g.txt holds 5-dimensional vectors; "
-                                     "the table has dim 4")
+    assert result.output.strip() == (
+        "Error: g.txt holds 5-dimensional vectors; the table has dim 4"
+    )
     assert not out.exists()
 
 
 def test_assign_by_token_with_no_match_writes_nothing(runner, tmp_path, model_copy):
     source = write_glove(tmp_path / "g.txt", ["dog"], vectors_for(["dog"]))
     out = tmp_path / "out.keras"
-    result = runner.invoke(cli, ["assign", str(model_copy), "-l", "lookup_emb", "--by-token",
-                                 "--from", str(source), "-o", str(out)])
+    result = runner.invoke(
+        cli,
+        [
+            "assign",
+            str(model_copy),
+            "-l",
+            "lookup_emb",
+            "--by-token",
+            "--from",
+            str(source),
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 1
     assert "Error: no token of the vocabulary of lookup_emb appears in g.txt" in result.output
     assert not out.exists()
@@ -300,27 +360,62 @@ def test_assign_by_token_with_no_match_writes_nothing(runner, tmp_path, model_co
 def test_assign_by_token_checks_the_output_before_reading(runner, tmp_path, model_copy):
     source = tmp_path / "huge.txt"
     source.write_text("the 1 2 3 x\n")
-    result = runner.invoke(cli, ["assign", str(model_copy), "-l", "tok_emb", "--by-token",
-                                 "--from", str(source), "-o", str(model_copy)])
+    result = runner.invoke(
+        cli,
+        [
+            "assign",
+            str(model_copy),
+            "-l",
+            "tok_emb",
+            "--by-token",
+            "--from",
+            str(source),
+            "-o",
+            str(model_copy),
+        ],
+    )
     assert result.exit_code == 1
     assert "exists; use --force" in result.output
 
 
 def test_assign_by_token_needs_a_vocabulary(runner, tmp_path):
     source = write_glove(tmp_path / "g.txt", ["the"], vectors_for(["the"], dim=8))
-    result = runner.invoke(cli, ["assign", str(FIXTURES / "k3_functional.keras"), "-l", "words",
-                                 "--by-token", "--from", str(source), "-o",
-                                 str(tmp_path / "o.keras")])
+    result = runner.invoke(
+        cli,
+        [
+            "assign",
+            str(FIXTURES / "k3_functional.keras"),
+            "-l",
+            "words",
+            "--by-token",
+            "--from",
+            str(source),
+            "-o",
+            str(tmp_path / "o.keras"),
+        ],
+    )
     assert result.exit_code == 1
     assert "no vocabulary is known for words; give one with --vocab FILE" in result.output
 
 
-@pytest.mark.parametrize("extra", [
-    ["--rows", "1"], ["--key", "x"], ["--fill", "zeros"],
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--rows", "1"],
+        ["--key", "x"],
+        ["--fill", "zeros"],
+    ],
+)
 def test_assign_by_token_usage_errors(runner, tmp_path, extra):
-    args = ["assign", str(VOCAB_FIXTURE), "-l", "tok_emb", "--by-token", "-o",
-            str(tmp_path / "o.keras")]
+    args = [
+        "assign",
+        str(VOCAB_FIXTURE),
+        "-l",
+        "tok_emb",
+        "--by-token",
+        "-o",
+        str(tmp_path / "o.keras"),
+    ]
     if "--fill" not in extra:
         args += ["--from", str(tmp_path / "g.txt")]
     result = runner.invoke(cli, args + extra)
@@ -330,9 +425,22 @@ def test_assign_by_token_usage_errors(runner, tmp_path, extra):
 @pytest.mark.parametrize("option", [["--format", "glove"], ["--lowercase"], ["--vocab", "v.txt"]])
 def test_token_options_need_by_token(runner, tmp_path, option):
     np.save(tmp_path / "v.npy", np.zeros((1, 4), np.float32))
-    result = runner.invoke(cli, ["assign", str(VOCAB_FIXTURE), "-l", "tok_emb", "--from",
-                                 str(tmp_path / "v.npy"), "--rows", "0", "-o",
-                                 str(tmp_path / "o.keras"), *option])
+    result = runner.invoke(
+        cli,
+        [
+            "assign",
+            str(VOCAB_FIXTURE),
+            "-l",
+            "tok_emb",
+            "--from",
+            str(tmp_path / "v.npy"),
+            "--rows",
+            "0",
+            "-o",
+            str(tmp_path / "o.keras"),
+            *option,
+        ],
+    )
     assert result.exit_code == 2
     assert "goes with --by-token" in result.output
 
@@ -358,12 +466,24 @@ def test_by_token_from_a_projector_pair_round_trip(runner, tmp_path, model_copy)
     lines = out.read_text(encoding="utf-8").splitlines()
     changed = [lines[0]] + [line.split(" ")[0] + " 0.5 0.25 -1 2" for line in lines[1:]]
     out.write_text("\n".join(changed) + "\n", encoding="utf-8")
-    result = runner.invoke(cli, ["assign", str(model_copy), "-l", "lookup_emb", "--by-token",
-                                 "--from", str(out), "--in-place"])
+    result = runner.invoke(
+        cli,
+        [
+            "assign",
+            str(model_copy),
+            "-l",
+            "lookup_emb",
+            "--by-token",
+            "--from",
+            str(out),
+            "--in-place",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines()[0].startswith("matched 5 of 5 vocabulary tokens (100.0%)")
-    rows = json.loads(runner.invoke(cli, ["rows", str(model_copy), "-l", "lookup_emb", "0:6",
-                                          "--json"]).stdout)["rows"]
+    rows = json.loads(
+        runner.invoke(cli, ["rows", str(model_copy), "-l", "lookup_emb", "0:6", "--json"]).stdout
+    )["rows"]
     assert {tuple(r["vector"]) for r in rows} == {(0.5, 0.25, -1.0, 2.0)}
 
 

@@ -105,8 +105,9 @@ with open(os.path.join(out, "oracle.json"), "w", encoding="utf-8") as handle:
 def built(tmp_path_factory) -> tuple[Path, dict]:
     folder = tmp_path_factory.mktemp("vocab_models")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
-    result = subprocess.run([sys.executable, "-c", _BUILD, str(folder)], env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", _BUILD, str(folder)], env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     oracle = json.loads((folder / "oracle.json").read_text(encoding="utf-8"))
     return folder, oracle
@@ -169,8 +170,10 @@ def test_fixture_vocabularies_match_the_manifest():
 def test_fixture_sources():
     with open_model(VOCAB_FIXTURE) as model:
         sources = {t.name: find_vocabulary(model, t).source for t in list_tables(model)}
-    assert sources == {"tok_emb": "config:tv",
-                       "lookup_emb": "asset:layers/string_lookup/vocabulary.txt"}
+    assert sources == {
+        "tok_emb": "config:tv",
+        "lookup_emb": "asset:layers/string_lookup/vocabulary.txt",
+    }
 
 
 @pytest.mark.parametrize("name", [n for n in fixture_names() if n != "k3_vocab.keras"])
@@ -188,11 +191,25 @@ def functional(layers: list) -> dict:
 
 
 def layer(class_name: str, name: str, inputs: list[str], **config) -> dict:
-    nodes = [{"args": [{"class_name": "__keras_tensor__",
-                        "config": {"keras_history": [i, 0, 0]}} for i in inputs],
-              "kwargs": {}}] if inputs else []
-    return {"class_name": class_name, "name": name, "config": {"name": name, **config},
-            "inbound_nodes": nodes}
+    nodes = (
+        [
+            {
+                "args": [
+                    {"class_name": "__keras_tensor__", "config": {"keras_history": [i, 0, 0]}}
+                    for i in inputs
+                ],
+                "kwargs": {},
+            }
+        ]
+        if inputs
+        else []
+    )
+    return {
+        "class_name": class_name,
+        "name": name,
+        "config": {"name": name, **config},
+        "inbound_nodes": nodes,
+    }
 
 
 class ConfigOnly:
@@ -212,91 +229,136 @@ class ConfigOnly:
 def table_for(name: str, rows: int, owner: str = ""):
     from embcli.formats.base import Table
 
-    return Table(name=name, qualified=name, class_name="Embedding", shape=(rows, 2),
-                 dtype="float32", weight=f"{name}/vars/0", owner=owner)
+    return Table(
+        name=name,
+        qualified=name,
+        class_name="Embedding",
+        shape=(rows, 2),
+        dtype="float32",
+        weight=f"{name}/vars/0",
+        owner=owner,
+    )
 
 
-LOOKUP_A = {"vocabulary": ["a", "b"], "num_oov_indices": 1, "mask_token": None,
-            "oov_token": "[UNK]", "output_mode": "int", "invert": False}
+LOOKUP_A = {
+    "vocabulary": ["a", "b"],
+    "num_oov_indices": 1,
+    "mask_token": None,
+    "oov_token": "[UNK]",
+    "output_mode": "int",
+    "invert": False,
+}
 LOOKUP_B = {**LOOKUP_A, "vocabulary": ["c", "d"]}
 
 
 def test_two_lookups_through_concatenate_are_ambiguous():
-    config = functional([
-        layer("InputLayer", "in", []),
-        layer("StringLookup", "la", ["in"], **LOOKUP_A),
-        layer("StringLookup", "lb", ["in"], **LOOKUP_B),
-        layer("Concatenate", "cat", ["la", "lb"]),
-        layer("Embedding", "emb", ["cat"]),
-    ])
+    config = functional(
+        [
+            layer("InputLayer", "in", []),
+            layer("StringLookup", "la", ["in"], **LOOKUP_A),
+            layer("StringLookup", "lb", ["in"], **LOOKUP_B),
+            layer("Concatenate", "cat", ["la", "lb"]),
+            layer("Embedding", "emb", ["cat"]),
+        ]
+    )
     assert find_vocabulary(ConfigOnly(config), table_for("emb", 3)) is None
 
 
 def test_graph_picks_the_feeding_lookup_among_two():
-    config = functional([
-        layer("InputLayer", "in", []),
-        layer("StringLookup", "la", ["in"], **LOOKUP_A),
-        layer("StringLookup", "lb", ["in"], **LOOKUP_B),
-        layer("Flatten", "flat", ["lb"]),
-        layer("Embedding", "emb", ["flat"]),
-    ])
+    config = functional(
+        [
+            layer("InputLayer", "in", []),
+            layer("StringLookup", "la", ["in"], **LOOKUP_A),
+            layer("StringLookup", "lb", ["in"], **LOOKUP_B),
+            layer("Flatten", "flat", ["lb"]),
+            layer("Embedding", "emb", ["flat"]),
+        ]
+    )
     vocabulary = find_vocabulary(ConfigOnly(config), table_for("emb", 3))
     assert vocabulary.tokens == ["[UNK]", "c", "d"]
     assert vocabulary.source == "config:lb"
 
 
 def test_a_layer_that_changes_ids_breaks_the_chain_but_one_lookup_of_the_right_size_is_used():
-    config = functional([
-        layer("InputLayer", "in", []),
-        layer("StringLookup", "la", ["in"], **LOOKUP_A),
-        layer("Lambda", "shift", ["la"]),
-        layer("Embedding", "emb", ["shift"]),
-    ])
+    config = functional(
+        [
+            layer("InputLayer", "in", []),
+            layer("StringLookup", "la", ["in"], **LOOKUP_A),
+            layer("Lambda", "shift", ["la"]),
+            layer("Embedding", "emb", ["shift"]),
+        ]
+    )
     assert find_vocabulary(ConfigOnly(config), table_for("emb", 3)).source == "config:la"
     assert find_vocabulary(ConfigOnly(config), table_for("emb", 4)) is None
 
 
 def test_lookups_that_do_not_output_ids_are_ignored():
     for change in ({"invert": True}, {"output_mode": "multi_hot"}):
-        config = functional([
-            layer("InputLayer", "in", []),
-            layer("StringLookup", "la", ["in"], **{**LOOKUP_A, **change}),
-            layer("Embedding", "emb", ["la"]),
-        ])
+        config = functional(
+            [
+                layer("InputLayer", "in", []),
+                layer("StringLookup", "la", ["in"], **{**LOOKUP_A, **change}),
+                layer("Embedding", "emb", ["la"]),
+            ]
+        )
         assert find_vocabulary(ConfigOnly(config), table_for("emb", 3)) is None
 
 
 def test_legacy_inbound_nodes_are_followed():
-    config = functional([
-        {"class_name": "InputLayer", "config": {"name": "in"}, "inbound_nodes": []},
-        {"class_name": "StringLookup", "config": {"name": "la", **LOOKUP_A},
-         "inbound_nodes": [[["in", 0, 0, {}]]]},
-        {"class_name": "StringLookup", "config": {"name": "lb", **LOOKUP_B},
-         "inbound_nodes": [[["in", 0, 0, {}]]]},
-        {"class_name": "Embedding", "config": {"name": "emb"},
-         "inbound_nodes": [[["la", 0, 0, {}]]]},
-    ])
+    config = functional(
+        [
+            {"class_name": "InputLayer", "config": {"name": "in"}, "inbound_nodes": []},
+            {
+                "class_name": "StringLookup",
+                "config": {"name": "la", **LOOKUP_A},
+                "inbound_nodes": [[["in", 0, 0, {}]]],
+            },
+            {
+                "class_name": "StringLookup",
+                "config": {"name": "lb", **LOOKUP_B},
+                "inbound_nodes": [[["in", 0, 0, {}]]],
+            },
+            {
+                "class_name": "Embedding",
+                "config": {"name": "emb"},
+                "inbound_nodes": [[["la", 0, 0, {}]]],
+            },
+        ]
+    )
     assert find_vocabulary(ConfigOnly(config), table_for("emb", 3)).source == "config:la"
 
 
 def test_integer_lookup_tokens_are_text():
-    config = functional([
-        layer("InputLayer", "in", []),
-        layer("IntegerLookup", "li", ["in"], vocabulary=[7, 3], mask_token=0, oov_token=-1,
-              num_oov_indices=1, output_mode="int", invert=False),
-        layer("Embedding", "emb", ["li"]),
-    ])
+    config = functional(
+        [
+            layer("InputLayer", "in", []),
+            layer(
+                "IntegerLookup",
+                "li",
+                ["in"],
+                vocabulary=[7, 3],
+                mask_token=0,
+                oov_token=-1,
+                num_oov_indices=1,
+                output_mode="int",
+                invert=False,
+            ),
+            layer("Embedding", "emb", ["li"]),
+        ]
+    )
     vocabulary = find_vocabulary(ConfigOnly(config), table_for("emb", 4))
     assert vocabulary.tokens == ["0", "-1", "7", "3"]
     assert vocabulary.row_of("3") == 3
 
 
 def test_asset_vocabulary_is_read_with_keras_line_rules():
-    config = functional([
-        layer("InputLayer", "in", []),
-        layer("StringLookup", "string_lookup", ["in"], **{**LOOKUP_A, "vocabulary": None}),
-        layer("Embedding", "emb", ["string_lookup"]),
-    ])
+    config = functional(
+        [
+            layer("InputLayer", "in", []),
+            layer("StringLookup", "string_lookup", ["in"], **{**LOOKUP_A, "vocabulary": None}),
+            layer("Embedding", "emb", ["string_lookup"]),
+        ]
+    )
     assets = {"layers/string_lookup/vocabulary.txt": "[UNK]\nnaïve\n東京\n\n".encode()}
     vocabulary = find_vocabulary(ConfigOnly(config, assets), table_for("emb", 3))
     assert vocabulary.tokens == ["[UNK]", "naïve", "東京"]
@@ -304,11 +366,13 @@ def test_asset_vocabulary_is_read_with_keras_line_rules():
 
 
 def test_config_with_odd_values_yields_no_vocabulary():
-    config = functional([
-        layer("InputLayer", "in", []),
-        layer("StringLookup", "la", ["in"], **{**LOOKUP_A, "vocabulary": [{"x": 1}]}),
-        layer("Embedding", "emb", ["la"]),
-    ])
+    config = functional(
+        [
+            layer("InputLayer", "in", []),
+            layer("StringLookup", "la", ["in"], **{**LOOKUP_A, "vocabulary": [{"x": 1}]}),
+            layer("Embedding", "emb", ["la"]),
+        ]
+    )
     assert find_vocabulary(ConfigOnly(config), table_for("emb", 3)) is None
     assert find_vocabulary(ConfigOnly({"config": "nonsense"}), table_for("emb", 3)) is None
     assert find_vocabulary(ConfigOnly(None), table_for("emb", 3)) is None
@@ -379,8 +443,14 @@ def test_layers_table_shows_vocabularies(runner):
 def test_layers_without_vocabulary_keeps_its_columns(runner):
     result = runner.invoke(cli, ["layers", str(FIXTURES / "k3_functional.keras")])
     assert result.exit_code == 0
-    assert result.output.splitlines()[0].split() == ["name", "class", "rows", "dim", "dtype",
-                                                     "weight"]
+    assert result.output.splitlines()[0].split() == [
+        "name",
+        "class",
+        "rows",
+        "dim",
+        "dtype",
+        "weight",
+    ]
     result = runner.invoke(cli, ["layers", str(FIXTURES / "k3_functional.keras"), "--csv"])
     assert result.output.splitlines()[0] == "name,class,rows,dim,dtype,weight"
     result = runner.invoke(cli, ["layers", str(FIXTURES / "k3_functional.keras"), "--json"])
@@ -404,34 +474,52 @@ def test_layers_json_and_csv(runner):
 def test_layers_warns_when_sizes_differ(runner, tmp_path):
     path = tmp_path / "short.txt"
     path.write_text("a\nb\nc\n", encoding="utf-8")
-    result = runner.invoke(cli, ["layers", str(FIXTURES / "k3_functional.keras"), "--vocab",
-                                 str(path), "--json"])
+    result = runner.invoke(
+        cli, ["layers", str(FIXTURES / "k3_functional.keras"), "--vocab", str(path), "--json"]
+    )
     assert result.exit_code == 0
     assert [t["vocab"] for t in json.loads(result.stdout)] == [3, 3]
     assert result.stderr.splitlines() == [
         f"warning: words: the vocabulary (file:{path}) has 3 tokens but the table has 50 rows",
-        f"warning: positions: the vocabulary (file:{path}) has 3 tokens but the table has "
-        "30 rows",
+        f"warning: positions: the vocabulary (file:{path}) has 3 tokens but the table has 30 rows",
     ]
 
 
 def test_rows_by_token_json(runner):
-    result = runner.invoke(cli, ["rows", str(VOCAB_FIXTURE), "-l", "tok_emb", "1",
-                                 "--token", "東京", "--token", "café", "--json"])
+    result = runner.invoke(
+        cli,
+        [
+            "rows",
+            str(VOCAB_FIXTURE),
+            "-l",
+            "tok_emb",
+            "1",
+            "--token",
+            "東京",
+            "--token",
+            "café",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert [(r["index"], r["token"]) for r in data["rows"]] == [(1, "[UNK]"), (9, "東京"),
-                                                                (4, "café")]
+    assert [(r["index"], r["token"]) for r in data["rows"]] == [
+        (1, "[UNK]"),
+        (9, "東京"),
+        (4, "café"),
+    ]
     assert list(data["rows"][0]) == ["index", "token", "vector"]
     expected = np.load(FIXTURES / MANIFEST["k3_vocab.keras"]["expected"])
     table = next(k for k in expected.files if k.startswith("tok_emb") or k == "tok_emb")
-    np.testing.assert_array_equal(np.array(data["rows"][1]["vector"], dtype=np.float32),
-                                  expected[table][9])
+    np.testing.assert_array_equal(
+        np.array(data["rows"][1]["vector"], dtype=np.float32), expected[table][9]
+    )
 
 
 def test_rows_without_vocabulary_have_no_token_key(runner):
-    result = runner.invoke(cli, ["rows", str(FIXTURES / "k3_functional.keras"), "-l", "words",
-                                 "0", "--json"])
+    result = runner.invoke(
+        cli, ["rows", str(FIXTURES / "k3_functional.keras"), "-l", "words", "0", "--json"]
+    )
     assert list(json.loads(result.output)["rows"][0]) == ["index", "vector"]
 
 
@@ -440,15 +528,18 @@ def test_rows_text_and_csv_gain_a_token_column(runner):
     lines = result.output.splitlines()
     assert lines[0].split() == ["row", "token", "vector"]
     assert [line.split()[1] for line in lines[1:]] == ['""', "[UNK]", "the"]
-    result = runner.invoke(cli, ["rows", str(VOCAB_FIXTURE), "-l", "lookup_emb",
-                                 "--token", "grün", "--csv"])
+    result = runner.invoke(
+        cli, ["rows", str(VOCAB_FIXTURE), "-l", "lookup_emb", "--token", "grün", "--csv"]
+    )
     assert result.output.splitlines()[0] == "index,token,v0,v1,v2,v3"
     assert result.output.splitlines()[1].startswith("2,grün,")
 
 
 def test_rows_lowercase(runner):
-    result = runner.invoke(cli, ["rows", str(VOCAB_FIXTURE), "-l", "tok_emb", "--token", "CAFÉ",
-                                 "--lowercase", "--json"])
+    result = runner.invoke(
+        cli,
+        ["rows", str(VOCAB_FIXTURE), "-l", "tok_emb", "--token", "CAFÉ", "--lowercase", "--json"],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["rows"][0]["token"] == "café"
 
@@ -460,8 +551,9 @@ def test_rows_unknown_token(runner):
 
 
 def test_rows_token_without_vocabulary(runner):
-    result = runner.invoke(cli, ["rows", str(FIXTURES / "k3_functional.keras"), "-l", "words",
-                                 "--token", "dog"])
+    result = runner.invoke(
+        cli, ["rows", str(FIXTURES / "k3_functional.keras"), "-l", "words", "--token", "dog"]
+    )
     assert result.exit_code == 1
     assert "no vocabulary is known for words; give one with --vocab FILE" in result.output
 
@@ -469,17 +561,31 @@ def test_rows_token_without_vocabulary(runner):
 def test_rows_needs_a_row_or_token(runner):
     result = runner.invoke(cli, ["rows", str(VOCAB_FIXTURE), "-l", "tok_emb"])
     assert result.exit_code == 2
-    result = runner.invoke(cli, ["rows", str(VOCAB_FIXTURE), "-l", "tok_emb", "0",
-                                 "--vocab-column", "x"])
+    result = runner.invoke(
+        cli, ["rows", str(VOCAB_FIXTURE), "-l", "tok_emb", "0", "--vocab-column", "x"]
+    )
     assert result.exit_code == 2
 
 
 def test_rows_with_user_tsv_vocabulary(runner, tmp_path):
     path = tmp_path / "meta.tsv"
     path.write_text("word\tfreq\n" + "".join(f"w{i}\t{i}\n" for i in range(50)), encoding="utf-8")
-    result = runner.invoke(cli, ["rows", str(FIXTURES / "k3_functional.keras"), "-l", "words",
-                                 "--vocab", str(path), "--vocab-column", "word", "--token",
-                                 "w7", "--json"])
+    result = runner.invoke(
+        cli,
+        [
+            "rows",
+            str(FIXTURES / "k3_functional.keras"),
+            "-l",
+            "words",
+            "--vocab",
+            str(path),
+            "--vocab-column",
+            "word",
+            "--token",
+            "w7",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["rows"][0]["index"] == 7
 
@@ -494,7 +600,7 @@ def read_w2v_binary(path: Path) -> tuple[list[str], np.ndarray]:
         tokens.append(rest[at:space].decode("utf-8"))
         vectors.append(np.frombuffer(rest, "<f4", dim, space + 1))
         at = space + 1 + 4 * dim
-        assert rest[at:at + 1] == b"\n"
+        assert rest[at : at + 1] == b"\n"
         at += 1
     assert at == len(rest)
     return tokens, np.array(vectors)
@@ -505,16 +611,18 @@ def test_export_word2vec_text_and_binary_with_tokens(runner, tmp_path):
         table = find_table(model, "tok_emb")
         values = read_rows(model, table, np.arange(table.rows))
     tokens = ["<empty>", "[UNK]", "the", "cat", "café", "日本", "naïve", "über", "straße", "東京"]
-    result = runner.invoke(cli, ["export", str(VOCAB_FIXTURE), "-l", "tok_emb", "-o",
-                                 str(tmp_path / "w.txt")])
+    result = runner.invoke(
+        cli, ["export", str(VOCAB_FIXTURE), "-l", "tok_emb", "-o", str(tmp_path / "w.txt")]
+    )
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "w.txt").read_text(encoding="utf-8").splitlines()
     assert lines[0] == "10 4"
     assert [line.split(" ")[0] for line in lines[1:]] == tokens
     got = np.array([[float(v) for v in line.split(" ")[1:]] for line in lines[1:]], np.float32)
     np.testing.assert_array_equal(got, values)
-    result = runner.invoke(cli, ["export", str(VOCAB_FIXTURE), "-l", "tok_emb", "-o",
-                                 str(tmp_path / "w.bin")])
+    result = runner.invoke(
+        cli, ["export", str(VOCAB_FIXTURE), "-l", "tok_emb", "-o", str(tmp_path / "w.bin")]
+    )
     assert result.exit_code == 0, result.output
     names, vectors = read_w2v_binary(tmp_path / "w.bin")
     assert names == tokens
@@ -522,8 +630,17 @@ def test_export_word2vec_text_and_binary_with_tokens(runner, tmp_path):
 
 
 def test_export_binary_without_vocabulary_names_rows_by_number(runner, tmp_path):
-    result = runner.invoke(cli, ["export", str(FIXTURES / "k3_functional.keras"), "-l",
-                                 "positions", "-o", str(tmp_path / "p.bin")])
+    result = runner.invoke(
+        cli,
+        [
+            "export",
+            str(FIXTURES / "k3_functional.keras"),
+            "-l",
+            "positions",
+            "-o",
+            str(tmp_path / "p.bin"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     names, vectors = read_w2v_binary(tmp_path / "p.bin")
     assert names == [str(i) for i in range(30)]
@@ -534,26 +651,35 @@ def test_export_projector_pair(runner, tmp_path):
     out = tmp_path / "vectors.tsv"
     result = runner.invoke(cli, ["export", str(VOCAB_FIXTURE), "-l", "lookup_emb", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert result.stderr.strip() == (f"wrote lookup_emb to {out} and its tokens to "
-                                     f"{tmp_path / 'metadata.tsv'}")
+    assert result.stderr.strip() == (
+        f"wrote lookup_emb to {out} and its tokens to {tmp_path / 'metadata.tsv'}"
+    )
     assert (tmp_path / "metadata.tsv").read_text(encoding="utf-8").splitlines() == [
-        "[UNK]", "red", "grün", "żółty", "niebieski", "bleu"]
+        "[UNK]",
+        "red",
+        "grün",
+        "żółty",
+        "niebieski",
+        "bleu",
+    ]
     assert len(out.read_text().splitlines()) == 6
     result = runner.invoke(cli, ["export", str(VOCAB_FIXTURE), "-l", "lookup_emb", "-o", str(out)])
     assert result.exit_code == 1
     (tmp_path / "metadata.tsv").unlink()
     result = runner.invoke(cli, ["export", str(VOCAB_FIXTURE), "-l", "lookup_emb", "-o", str(out)])
     assert result.exit_code == 1 and not (tmp_path / "metadata.tsv").exists()
-    result = runner.invoke(cli, ["export", str(VOCAB_FIXTURE), "-l", "lookup_emb", "-o",
-                                 str(tmp_path / "words.tsv")])
+    result = runner.invoke(
+        cli, ["export", str(VOCAB_FIXTURE), "-l", "lookup_emb", "-o", str(tmp_path / "words.tsv")]
+    )
     assert result.exit_code == 0
     assert (tmp_path / "words_metadata.tsv").exists()
 
 
 def test_export_projector_without_vocabulary_writes_no_metadata(runner, tmp_path):
     out = tmp_path / "vectors.tsv"
-    result = runner.invoke(cli, ["export", str(FIXTURES / "k3_functional.keras"), "-l", "words",
-                                 "-o", str(out)])
+    result = runner.invoke(
+        cli, ["export", str(FIXTURES / "k3_functional.keras"), "-l", "words", "-o", str(out)]
+    )
     assert result.exit_code == 0
     assert result.stderr.strip() == f"wrote words to {out}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vectors.tsv"]
@@ -563,8 +689,19 @@ def test_export_pads_a_short_vocabulary_with_row_numbers(runner, tmp_path):
     vocab = tmp_path / "v.txt"
     vocab.write_text("zero\none\n", encoding="utf-8")
     out = tmp_path / "p.txt"
-    result = runner.invoke(cli, ["export", str(FIXTURES / "k3_functional.keras"), "-l",
-                                 "positions", "--vocab", str(vocab), "-o", str(out)])
+    result = runner.invoke(
+        cli,
+        [
+            "export",
+            str(FIXTURES / "k3_functional.keras"),
+            "-l",
+            "positions",
+            "--vocab",
+            str(vocab),
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0
     assert "has 2 tokens but the table has 30 rows" in result.stderr
     names = [line.split(" ")[0] for line in out.read_text().splitlines()[1:]]

@@ -24,35 +24,72 @@ PROGRESS_BYTES = 64 * 1024 * 1024
 @click.command()
 @model_argument
 @layer_option
-@click.option("--from", "source", type=click.Path(dir_okay=False, path_type=Path),
-              help="Vectors: .npy, .npz (see --key), or .csv/.tsv/.txt numbers, one row "
-              "each; with --by-token, vectors keyed by token.")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Vectors: .npy, .npz (see --key), or .csv/.tsv/.txt numbers, one row "
+    "each; with --by-token, vectors keyed by token.",
+)
 @click.option("--key", help="The array to use from an .npz file.")
-@click.option("--fill", type=click.Choice(["zeros"]),
-              help="Fill the rows instead of reading vectors.")
-@click.option("--rows", "row_specs", multiple=True, metavar="SPEC",
-              help="Rows to replace, as for `rows`, comma-separated (3,7,10:20). "
-              "Without it the vectors replace the whole table.")
+@click.option(
+    "--fill", type=click.Choice(["zeros"]), help="Fill the rows instead of reading vectors."
+)
+@click.option(
+    "--rows",
+    "row_specs",
+    multiple=True,
+    metavar="SPEC",
+    help="Rows to replace, as for `rows`, comma-separated (3,7,10:20). "
+    "Without it the vectors replace the whole table.",
+)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the copy.")
 @click.option("--in-place", is_flag=True, help="Replace MODEL itself, atomically.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--allow-lossy", is_flag=True, help="Write values that overflow the table's dtype.")
 @click.option("--allow-nonfinite", is_flag=True, help="Write NaN and Inf values.")
-@click.option("--reset-optimizer-rows", is_flag=True,
-              help="Also zero these rows in the saved optimizer's slots for the table.")
-@click.option("--by-token", is_flag=True,
-              help="FILE holds vectors keyed by token (GloVe, word2vec text or binary, fastText "
-              ".vec, TSV); each row whose token appears in it gets that vector.")
-@click.option("--format", "vector_format", type=click.Choice(VECTOR_FORMATS),
-              help="The format of the --by-token FILE, when its detection guesses wrong.")
-@click.option("--lowercase", is_flag=True,
-              help="With --by-token, look each vocabulary token up in lower case.")
+@click.option(
+    "--reset-optimizer-rows",
+    is_flag=True,
+    help="Also zero these rows in the saved optimizer's slots for the table.",
+)
+@click.option(
+    "--by-token",
+    is_flag=True,
+    help="FILE holds vectors keyed by token (GloVe, word2vec text or binary, fastText "
+    ".vec, TSV); each row whose token appears in it gets that vector.",
+)
+@click.option(
+    "--format",
+    "vector_format",
+    type=click.Choice(VECTOR_FORMATS),
+    help="The format of the --by-token FILE, when its detection guesses wrong.",
+)
+@click.option(
+    "--lowercase",
+    is_flag=True,
+    help="With --by-token, look each vocabulary token up in lower case.",
+)
 @vocab_options
-def assign(model: str, layer: str | None, source: Path | None, key: str | None,
-           fill: str | None, row_specs: tuple[str, ...], output: Path | None, in_place: bool,
-           force: bool, allow_lossy: bool, allow_nonfinite: bool,
-           reset_optimizer_rows: bool, by_token: bool, vector_format: str | None,
-           lowercase: bool, vocab_path: str | None, vocab_column: str | None) -> None:
+def assign(
+    model: str,
+    layer: str | None,
+    source: Path | None,
+    key: str | None,
+    fill: str | None,
+    row_specs: tuple[str, ...],
+    output: Path | None,
+    in_place: bool,
+    force: bool,
+    allow_lossy: bool,
+    allow_nonfinite: bool,
+    reset_optimizer_rows: bool,
+    by_token: bool,
+    vector_format: str | None,
+    lowercase: bool,
+    vocab_path: str | None,
+    vocab_column: str | None,
+) -> None:
     """Write a copy of MODEL, in the same format, in which the given rows hold new vectors.
     Everything else is kept bit for bit. With --by-token, a coverage report goes to stderr.
 
@@ -75,15 +112,29 @@ def assign(model: str, layer: str | None, source: Path | None, key: str | None,
         raise click.UsageError("give exactly one of -o OUTPUT and --in-place")
     if key is not None and source is None:
         raise click.UsageError("--key goes with --from")
-    check_by_token_options(by_token, source, key, row_specs, vector_format, lowercase,
-                           vocab_path, vocab_column)
+    check_by_token_options(
+        by_token, source, key, row_specs, vector_format, lowercase, vocab_path, vocab_column
+    )
     with open_model(model, recover_edits=in_place) as opened:
         table = find_table(opened, layer)
-        indices = (parse_rows(row_specs, table.rows, unique=True) if row_specs
-                   else np.arange(table.rows, dtype=np.int64))
+        indices = (
+            parse_rows(row_specs, table.rows, unique=True)
+            if row_specs
+            else np.arange(table.rows, dtype=np.int64)
+        )
         if by_token:
-            indices, values = token_vectors(opened, table, source, vector_format, lowercase,
-                                            vocab_path, vocab_column, output, force, in_place)
+            indices, values = token_vectors(
+                opened,
+                table,
+                source,
+                vector_format,
+                lowercase,
+                vocab_path,
+                vocab_column,
+                output,
+                force,
+                in_place,
+            )
         elif source is not None:
             values = load_vectors(source, key)
             if not row_specs and values.shape[0] != table.rows:
@@ -95,23 +146,40 @@ def assign(model: str, layer: str | None, source: Path | None, key: str | None,
             values = np.zeros((len(indices), table.dim), dtype=np.float32)
         target = Path(model) if in_place else output
         result = assign_rows(
-            opened, table, indices, values, target, in_place=in_place, force=force,
-            allow_lossy=allow_lossy, allow_nonfinite=allow_nonfinite,
+            opened,
+            table,
+            indices,
+            values,
+            target,
+            in_place=in_place,
+            force=force,
+            allow_lossy=allow_lossy,
+            allow_nonfinite=allow_nonfinite,
             reset_optimizer_rows=reset_optimizer_rows,
         )
-    slots = (f" and {len(result.optimizer_slots)} optimizer slot(s)"
-             if result.optimizer_slots else "")
+    slots = (
+        f" and {len(result.optimizer_slots)} optimizer slot(s)" if result.optimizer_slots else ""
+    )
     click.echo(f"assigned {result.rows} row(s) of {table.name}{slots}; wrote {target}", err=True)
 
 
-def check_by_token_options(by_token: bool, source: Path | None, key: str | None,
-                           row_specs: tuple[str, ...], vector_format: str | None,
-                           lowercase: bool, vocab_path: str | None,
-                           vocab_column: str | None) -> None:
+def check_by_token_options(
+    by_token: bool,
+    source: Path | None,
+    key: str | None,
+    row_specs: tuple[str, ...],
+    vector_format: str | None,
+    lowercase: bool,
+    vocab_path: str | None,
+    vocab_column: str | None,
+) -> None:
     check_vocab_options(vocab_path, vocab_column)
     if not by_token:
-        for given, name in ((vector_format, "--format"), (lowercase, "--lowercase"),
-                            (vocab_path, "--vocab")):
+        for given, name in (
+            (vector_format, "--format"),
+            (lowercase, "--lowercase"),
+            (vocab_path, "--vocab"),
+        ):
             if given:
                 raise click.UsageError(f"{name} goes with --by-token")
         return
@@ -123,9 +191,18 @@ def check_by_token_options(by_token: bool, source: Path | None, key: str | None,
         raise click.UsageError("--key has no use with --by-token")
 
 
-def token_vectors(opened, table, source: Path, vector_format: str | None, lowercase: bool,
-                  vocab_path: str | None, vocab_column: str | None, output: Path | None,
-                  force: bool, in_place: bool):
+def token_vectors(
+    opened,
+    table,
+    source: Path,
+    vector_format: str | None,
+    lowercase: bool,
+    vocab_path: str | None,
+    vocab_column: str | None,
+    output: Path | None,
+    force: bool,
+    in_place: bool,
+):
     """The rows whose token has a vector in `source`, and those vectors; prints coverage."""
     from embcli.atomic import check_output
     from embcli.edit import output_suffix_problem
@@ -147,8 +224,14 @@ def token_vectors(opened, table, source: Path, vector_format: str | None, lowerc
     size = source.stat().st_size
     with terminal_progress(size, "reading vectors", size >= PROGRESS_BYTES) as progress:
         indices, values, coverage = vocabulary_vectors(
-            vocabulary, table.rows, source, fmt=vector_format, dim=table.dim,
-            lowercase=lowercase, progress=progress)
+            vocabulary,
+            table.rows,
+            source,
+            fmt=vector_format,
+            dim=table.dim,
+            lowercase=lowercase,
+            progress=progress,
+        )
     for line in coverage.lines():
         click.echo(line, err=True)
     if not len(indices):

@@ -22,16 +22,28 @@ PROGRESS_VALUES = 10**7
 METRIC_NAMES = ("cosine", "dot", "l2")
 SHOWN_ROWS = 10
 STATS_COLUMNS = (
-    ("name", "name"), ("rows", "rows"), ("dim", "dim"), ("dtype", "dtype"),
-    ("nan_rows", "nan"), ("inf_rows", "inf"), ("zero_rows", "zero"), ("duplicate_rows", "dup"),
-    ("norm_min", "norm_min"), ("norm_mean", "norm_mean"), ("norm_max", "norm_max"),
-    ("mean", "mean"), ("std", "std"),
+    ("name", "name"),
+    ("rows", "rows"),
+    ("dim", "dim"),
+    ("dtype", "dtype"),
+    ("nan_rows", "nan"),
+    ("inf_rows", "inf"),
+    ("zero_rows", "zero"),
+    ("duplicate_rows", "dup"),
+    ("norm_min", "norm_min"),
+    ("norm_mean", "norm_mean"),
+    ("norm_max", "norm_max"),
+    ("mean", "mean"),
+    ("std", "std"),
 )
 _ROW_INDEX = re.compile(r"^[+-]?\d+$")
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 only_layer_option = click.option(
-    "-l", "--layer", "layer", metavar="NAME",
+    "-l",
+    "--layer",
+    "layer",
+    metavar="NAME",
     help="Only this table: layer name, outer/inner path, or weight path (any 2-D weight). "
     "Default: every embedding table.",
 )
@@ -82,8 +94,10 @@ def stats(model: str, layer: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(to_json(records))
     elif records:
-        rows = [[short(r[key]) if isinstance(r[key], float) else r[key] for key, _ in STATS_COLUMNS]
-                for r in records]
+        rows = [
+            [short(r[key]) if isinstance(r[key], float) else r[key] for key, _ in STATS_COLUMNS]
+            for r in records
+        ]
         click.echo(aligned(rows, [header for _, header in STATS_COLUMNS]))
     else:
         click.echo("no embedding tables (name a 2-D weight with --layer)", err=True)
@@ -92,14 +106,28 @@ def stats(model: str, layer: str | None, as_json: bool) -> None:
 @click.command()
 @model_argument
 @only_layer_option
-@click.option("--max-norm", type=click.FloatRange(min=0), metavar="X",
-              help="Fail when a row's L2 norm is above X.")
-@click.option("--max-zero-rows", type=click.IntRange(min=0), metavar="N",
-              help="Fail when a table has more than N all-zero rows.")
+@click.option(
+    "--max-norm",
+    type=click.FloatRange(min=0),
+    metavar="X",
+    help="Fail when a row's L2 norm is above X.",
+)
+@click.option(
+    "--max-zero-rows",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Fail when a table has more than N all-zero rows.",
+)
 @click.option("--no-duplicates", is_flag=True, help="Fail when a row repeats an earlier row.")
 @json_option
-def check(model: str, layer: str | None, max_norm: float | None, max_zero_rows: int | None,
-          no_duplicates: bool, as_json: bool) -> None:
+def check(
+    model: str,
+    layer: str | None,
+    max_norm: float | None,
+    max_zero_rows: int | None,
+    no_duplicates: bool,
+    as_json: bool,
+) -> None:
     """Check every embedding table (or the one -l names) for rows holding NaN or Inf,
     and for the limits given. Prints one line per problem and exits 1, or prints a
     summary and exits 0.
@@ -117,13 +145,20 @@ def check(model: str, layer: str | None, max_norm: float | None, max_zero_rows: 
     with open_model(model) as opened:
         tables = audited_tables(opened, layer)
         with progress(tables, "check") as update:
-            report = check_tables(opened, tables, max_norm=max_norm, max_zero_rows=max_zero_rows,
-                                  no_duplicates=no_duplicates, progress=update)
+            report = check_tables(
+                opened,
+                tables,
+                max_norm=max_norm,
+                max_zero_rows=max_zero_rows,
+                no_duplicates=no_duplicates,
+                progress=update,
+            )
     if as_json:
         click.echo(to_json(report.record()))
     elif report.ok:
-        click.echo(f"ok: {plural(len(report.tables), 'table')}, "
-                   f"{plural(report.rows, 'row')} checked")
+        click.echo(
+            f"ok: {plural(len(report.tables), 'table')}, {plural(report.rows, 'row')} checked"
+        )
     else:
         for problem in report.problems:
             click.echo(problem.message)
@@ -162,9 +197,14 @@ def diff_line(result) -> str:
 @click.argument("model_a", metavar="A", type=click.Path(path_type=str))
 @click.argument("model_b", metavar="B", type=click.Path(path_type=str))
 @only_layer_option
-@click.option("--atol", type=click.FloatRange(min=0), default=0.0, metavar="X",
-              help="Count a value as changed only when it moved by more than X "
-              "(default 0: any change of bits).")
+@click.option(
+    "--atol",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="X",
+    help="Count a value as changed only when it moved by more than X "
+    "(default 0: any change of bits).",
+)
 @json_option
 def diff(model_a: str, model_b: str, layer: str | None, atol: float, as_json: bool) -> None:
     """Compare the tables of models A and B (of any formats), matched by name: tables
@@ -211,8 +251,10 @@ def _diff(model_a: str, model_b: str, layer: str | None, atol: float) -> list:
         pairs = match_tables(opened_a, opened_b, layer)
         compared = [a for _, a, b in pairs if a and b and a.shape == b.shape]
         with progress(compared, "diff") as update:
-            return [diff_tables(opened_a, a, opened_b, b, name=name, atol=atol, progress=update)
-                    for name, a, b in pairs]
+            return [
+                diff_tables(opened_a, a, opened_b, b, name=name, atol=atol, progress=update)
+                for name, a, b in pairs
+            ]
 
 
 def _fail(message: str) -> NoReturn:
@@ -231,8 +273,10 @@ def query_row(table, row: str | None, token: str | None, vocabulary) -> int:
         raise NoVocabulary(f"no vocabulary is known for {table.name}; give one with --vocab FILE")
     index = vocabulary.row_of(token)
     if index >= table.rows:
-        raise UnknownToken(f"{token!r} is row {index} of the vocabulary, beyond the "
-                           f"{table.rows} rows of {table.name}")
+        raise UnknownToken(
+            f"{token!r} is row {index} of the vocabulary, beyond the "
+            f"{table.rows} rows of {table.name}"
+        )
     return index
 
 
@@ -240,17 +284,38 @@ def query_row(table, row: str | None, token: str | None, vocabulary) -> int:
 @model_argument
 @click.argument("row", required=False)
 @layer_option
-@click.option("--token", metavar="WORD",
-              help="Ask about the row of WORD in the table's vocabulary.")
+@click.option(
+    "--token", metavar="WORD", help="Ask about the row of WORD in the table's vocabulary."
+)
 @vocab_options
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, metavar="K",
-              help="How many neighbors to print.")
-@click.option("--metric", type=click.Choice(METRIC_NAMES), default="cosine", show_default=True,
-              help="cosine similarity, dot product, or l2 distance (smaller is nearer).")
+@click.option(
+    "-k",
+    "k",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    metavar="K",
+    help="How many neighbors to print.",
+)
+@click.option(
+    "--metric",
+    type=click.Choice(METRIC_NAMES),
+    default="cosine",
+    show_default=True,
+    help="cosine similarity, dot product, or l2 distance (smaller is nearer).",
+)
 @json_option
-def neighbors(model: str, row: str | None, layer: str | None, token: str | None,
-              vocab_path: str | None, vocab_column: str | None, k: int, metric: str,
-              as_json: bool) -> None:
+def neighbors(
+    model: str,
+    row: str | None,
+    layer: str | None,
+    token: str | None,
+    vocab_path: str | None,
+    vocab_column: str | None,
+    k: int,
+    metric: str,
+    as_json: bool,
+) -> None:
     """Print the k rows nearest ROW (an index; -1 is the last row) or the row of --token
     WORD, best first, leaving that row out. Rows holding NaN or Inf are skipped.
 

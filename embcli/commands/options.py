@@ -14,7 +14,10 @@ model_argument = click.argument(
 )
 
 layer_option = click.option(
-    "-l", "--layer", "layer", metavar="NAME",
+    "-l",
+    "--layer",
+    "layer",
+    metavar="NAME",
     help="Table to use: layer name, outer/inner path, or weight path. "
     "Optional when the model holds one table.",
 )
@@ -48,11 +51,14 @@ def reject_unknown_options(arguments: tuple[str, ...]) -> None:
 def vocab_options(command: Callable) -> Callable:
     """--vocab FILE and --vocab-column NAME: a vocabulary given by the user."""
     command = click.option(
-        "--vocab-column", metavar="NAME",
+        "--vocab-column",
+        metavar="NAME",
         help="Read --vocab as a TSV with a header row and take the tokens from column NAME.",
     )(command)
     command = click.option(
-        "--vocab", "vocab_path", metavar="FILE",
+        "--vocab",
+        "vocab_path",
+        metavar="FILE",
         type=click.Path(dir_okay=False, path_type=str),
         help="The table's tokens, one a line in row order, instead of the model's own "
         "lookup layer.",

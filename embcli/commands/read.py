@@ -52,12 +52,19 @@ def token_text(token: str | None) -> str | None:
 
 @click.command()
 @model_argument
-@click.option("--all", "all_weights", is_flag=True,
-              help="List every 2-D weight, not only embeddings.")
+@click.option(
+    "--all", "all_weights", is_flag=True, help="List every 2-D weight, not only embeddings."
+)
 @vocab_options
 @output_options
-def layers(model: str, all_weights: bool, vocab_path: str | None, vocab_column: str | None,
-           as_json: bool, as_csv: bool) -> None:
+def layers(
+    model: str,
+    all_weights: bool,
+    vocab_path: str | None,
+    vocab_column: str | None,
+    as_json: bool,
+    as_csv: bool,
+) -> None:
     """List the embedding tables of MODEL: every layer whose class ends in Embedding.
     A table whose vocabulary is known (from a lookup layer feeding it, or --vocab, which
     applies to every embedding table) shows its size and source.
@@ -111,15 +118,29 @@ def layers(model: str, all_weights: bool, vocab_path: str | None, vocab_column: 
 @model_argument
 @click.argument("row", nargs=-1)
 @layer_option
-@click.option("--token", "tokens", multiple=True, metavar="WORD",
-              help="Also print the row of WORD in the table's vocabulary; repeatable.")
+@click.option(
+    "--token",
+    "tokens",
+    multiple=True,
+    metavar="WORD",
+    help="Also print the row of WORD in the table's vocabulary; repeatable.",
+)
 @click.option("--lowercase", is_flag=True, help="Lowercase each --token WORD before looking it up.")
 @vocab_options
 @raw_option
 @output_options
-def rows(model: str, row: tuple[str, ...], layer: str | None, tokens: tuple[str, ...],
-         lowercase: bool, vocab_path: str | None, vocab_column: str | None, raw: bool,
-         as_json: bool, as_csv: bool) -> None:
+def rows(
+    model: str,
+    row: tuple[str, ...],
+    layer: str | None,
+    tokens: tuple[str, ...],
+    lowercase: bool,
+    vocab_path: str | None,
+    vocab_column: str | None,
+    raw: bool,
+    as_json: bool,
+    as_csv: bool,
+) -> None:
     """Print rows of a table. ROW is an index (12), a negative index (-1) or a slice
     (10:20, 0:100:10); several may be given, also comma-separated. --token selects rows by
     word; where the table's vocabulary is known, each row shows its token.
@@ -148,7 +169,8 @@ def rows(model: str, row: tuple[str, ...], layer: str | None, tokens: tuple[str,
         vocabulary = table_vocabulary(opened, table, vocab_path, vocab_column)
         if tokens and vocabulary is None:
             raise NoVocabulary(
-                f"no vocabulary is known for {table.name}; give one with --vocab FILE")
+                f"no vocabulary is known for {table.name}; give one with --vocab FILE"
+            )
         if vocabulary is not None:
             problem = vocabulary.size_problem(table)
             if problem:
@@ -159,8 +181,10 @@ def rows(model: str, row: tuple[str, ...], layer: str | None, tokens: tuple[str,
             for word in tokens:
                 index = vocabulary.row_of(word.lower() if lowercase else word)
                 if index >= table.rows:
-                    raise UnknownToken(f"{word!r} is row {index} of the vocabulary, beyond the "
-                                       f"{table.rows} rows of {table.name}")
+                    raise UnknownToken(
+                        f"{word!r} is row {index} of the vocabulary, beyond the "
+                        f"{table.rows} rows of {table.name}"
+                    )
                 found.append(index)
             indices = np.concatenate([indices, np.asarray(found, dtype=np.int64)])
         values = read_rows(opened, table, indices, raw=raw)
@@ -175,31 +199,58 @@ def rows(model: str, row: tuple[str, ...], layer: str | None, tokens: tuple[str,
             records.append(record)
         click.echo(to_json({"layer": table.name, "rows": records}))
     elif mode == "csv":
-        headers = ["index"] + (["token"] if words is not None else []) + [
-            f"v{j}" for j in range(table.dim)]
-        lines = [[int(i), *([words[at]] if words is not None else []), *v]
-                 for at, (i, v) in enumerate(zip(indices, values, strict=True))]
+        headers = (
+            ["index"]
+            + (["token"] if words is not None else [])
+            + [f"v{j}" for j in range(table.dim)]
+        )
+        lines = [
+            [int(i), *([words[at]] if words is not None else []), *v]
+            for at, (i, v) in enumerate(zip(indices, values, strict=True))
+        ]
         click.echo(to_csv(lines, headers))
     elif words is not None:
-        click.echo(aligned([[int(i), token_text(words[at]), vector_text(v)]
-                            for at, (i, v) in enumerate(zip(indices, values, strict=True))],
-                           ["row", "token", "vector"]))
+        click.echo(
+            aligned(
+                [
+                    [int(i), token_text(words[at]), vector_text(v)]
+                    for at, (i, v) in enumerate(zip(indices, values, strict=True))
+                ],
+                ["row", "token", "vector"],
+            )
+        )
     else:
-        click.echo(aligned([[int(i), vector_text(v)] for i, v in zip(indices, values, strict=True)],
-                           ["row", "vector"]))
+        click.echo(
+            aligned(
+                [[int(i), vector_text(v)] for i, v in zip(indices, values, strict=True)],
+                ["row", "vector"],
+            )
+        )
 
 
 @click.command()
 @model_argument
 @layer_option
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="File to write: .npy, .npz (every table), .tsv (projector), .txt (word2vec "
-              "text) or .bin (word2vec binary).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write: .npy, .npz (every table), .tsv (projector), .txt (word2vec "
+    "text) or .bin (word2vec binary).",
+)
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @vocab_options
 @raw_option
-def export(model: str, layer: str | None, output: Path, force: bool, vocab_path: str | None,
-           vocab_column: str | None, raw: bool) -> None:
+def export(
+    model: str,
+    layer: str | None,
+    output: Path,
+    force: bool,
+    vocab_path: str | None,
+    vocab_column: str | None,
+    raw: bool,
+) -> None:
     """Write a table to a file; the format follows the file's extension. Where the table's
     vocabulary is known, word2vec files name each row by its token, and a .tsv gets the
     projector's metadata.tsv (one token a line) beside it.
@@ -229,8 +280,9 @@ def export(model: str, layer: str | None, output: Path, force: bool, vocab_path:
             if vocabulary is not None:
                 tokens = row_tokens(vocabulary, tables[0])
         elif vocab_path is not None:
-            raise click.UsageError(f"--vocab has no use with {output.suffix} files; "
-                                   "use .txt, .bin or .tsv")
+            raise click.UsageError(
+                f"--vocab has no use with {output.suffix} files; use .txt, .bin or .tsv"
+            )
         export_tables(opened, tables, output, force=force, raw=raw, tokens=tokens)
     shown = ", ".join(t.name for t in tables)
     labels = f" and its tokens to {metadata_path(output)}" if fmt == "tsv" and tokens else ""
