@@ -89,7 +89,7 @@ def signals_deferred() -> Iterator[None]:
 def check_output(output: Path, force: bool) -> None:
     """Refuse to overwrite an existing output unless forced."""
     if output.exists() and not force:
-        raise OutputExists(f"{output} exists; use --force to replace it")
+        raise OutputExists(f"{output} exists", remedy="force")
     if not output.parent.is_dir():
         raise OutputExists(f"{output.parent} is not a folder")
 

@@ -773,8 +773,8 @@ def query_vector(model: ModelFile, table: Table, row: int, metric: str = "cosine
         raise UnusableQuery(f"row {row} of {table.name} holds NaN or Inf")
     if metric == "cosine" and not vector.any():
         raise UnusableQuery(
-            f"row {row} of {table.name} is all zeros; its cosine similarity is undefined "
-            "(try --metric l2)"
+            f"row {row} of {table.name} is all zeros; its cosine similarity is undefined",
+            remedy="metric_l2",
         )
     return vector
 

@@ -9,6 +9,20 @@ from embcli.commands import assign, audit, read
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+# How a user of the command line overrides or avoids each error that has a remedy.
+CLI_REMEDIES = {
+    "allow_nonfinite": "; use --allow-nonfinite to write them",
+    "allow_lossy": "; use --allow-lossy to write them anyway",
+    "force": "; use --force to replace it",
+    "choose_table": "; choose one with --layer",
+    "any_weight": "; use --all with `layers` to see its 2-D weights and pick one with --layer",
+    "vocab": "; give one with --vocab FILE",
+    "recover": "; run `embcli recover {subject}` to restore it",
+    "npz_key": "; choose one with --key",
+    "metric_l2": " (try --metric l2)",
+    "raw": "; --raw gives its stored values",
+}
+
 
 class EmbcliGroup(click.Group):
     """Turns library errors into `Error: ...` with exit status 1, never a traceback."""
@@ -19,7 +33,7 @@ class EmbcliGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EmbcliError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(exc.explain(CLI_REMEDIES)) from None
         except OSError as exc:
             where = f": {exc.filename}" if exc.filename else ""
             raise click.ClickException(f"{exc.strerror or exc}{where}") from None

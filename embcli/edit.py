@@ -6,11 +6,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
 from embcli import atomic
-from embcli.errors import BadVectors, LossyCast, OutputExists, UnsupportedEdit, VerificationFailed
+from embcli.dtypes import dtype_name, is_bfloat16
+from embcli.errors import (
+    BadVectors,
+    LossyCast,
+    NonFiniteValues,
+    OutputExists,
+    UnsupportedEdit,
+    VerificationFailed,
+)
 from embcli.formats.base import ModelFile, Table
 
 QUANTIZE_RANGE = 127
@@ -50,14 +57,14 @@ def cast_values(
     overflows to infinity, or a fraction or out-of-range number into an integer dtype,
     is lossy.
     """
-    if values.dtype in (ml_dtypes.bfloat16, np.dtype(ml_dtypes.bfloat16)):
+    if is_bfloat16(values):
         values = values.astype(np.float32)
     if values.dtype.kind not in "fiub":
         raise BadVectors(f"vectors of dtype {values.dtype} are not numbers")
     finite = np.isfinite(values) if values.dtype.kind == "f" else np.ones(values.shape, bool)
     if not allow_nonfinite and not finite.all():
         bad = int((~finite).any(axis=-1).sum()) if values.ndim == 2 else 1
-        raise BadVectors(f"{bad} vector(s) hold NaN or Inf; use --allow-nonfinite to write them")
+        raise NonFiniteValues(f"{bad} vector(s) hold NaN or Inf", remedy="allow_nonfinite")
     dtype = np.dtype(dtype)
     if dtype.kind in "iu":
         if values.dtype.kind == "f" and not np.array_equal(
@@ -75,10 +82,10 @@ def cast_values(
     overflow = finite & ~np.isfinite(cast.astype(np.float64))
     if overflow.any() and not allow_lossy:
         largest = np.max(np.abs(values[overflow]))
-        name = "bfloat16" if dtype == ml_dtypes.bfloat16 else dtype.name
         raise LossyCast(
-            f"{int(overflow.sum())} value(s) overflow {name} (largest magnitude {largest:g}); "
-            "use --allow-lossy to write them anyway"
+            f"{int(overflow.sum())} value(s) overflow {dtype_name(dtype)} "
+            f"(largest magnitude {largest:g})",
+            remedy="allow_lossy",
         )
     return cast
 
@@ -182,7 +189,7 @@ def assign(
     if not in_place and not force:
         for item in plan.files:
             if item.target.exists():
-                raise OutputExists(f"{item.target} exists; use --force to replace it")
+                raise OutputExists(f"{item.target} exists", remedy="force")
     if in_place and atomic.can_patch_in_place(plan):
         atomic.patch_in_place(plan, verify_file)
     else:

@@ -1,8 +1,58 @@
-"""The library's exceptions. The CLI turns each into `Error: ...` with exit status 1."""
+"""The library's exceptions, all under `EmbcliError`.
+
+A message says what is wrong in words that fit any caller. Where the caller can do
+something about it, the error carries a `remedy`: a key that the Python API explains in
+its own terms (`str(error)`) and the CLI in terms of its flags (`Error: ...`, exit 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# How a Python caller overrides or avoids each error that has a remedy; `{subject}` is
+# the error's subject (a path, say). Each text carries its own leading punctuation.
+API_REMEDIES: Mapping[str, str] = {
+    "allow_nonfinite": "; pass allow_nonfinite=True to write them",
+    "allow_lossy": "; pass allow_lossy=True to write them anyway",
+    "force": "; pass force=True to replace it",
+    "choose_table": "; choose one by name",
+    "any_weight": "; name one of its 2-D weights (Model.weights lists them)",
+    "vocab": "; give one as vocab=PATH",
+    "recover": "; embcli.recover({subject!r}) restores it",
+    "npz_key": "; choose one with key=NAME",
+    "metric_l2": " (try metric='l2')",
+    "raw": "; read its stored values with raw=True",
+}
 
 
 class EmbcliError(Exception):
     "Base class for every error embcli reports to the user"
+
+    def __init__(
+        self, message: str, *, remedy: str | None = None, detail: str = "", subject: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.remedy = remedy
+        self.detail = detail
+        self.subject = subject
+
+    def explain(self, remedies: Mapping[str, str]) -> str:
+        """The message, with the remedy worded from `remedies`, then the detail."""
+        text = self.message
+        if self.remedy is not None and self.remedy in remedies:
+            text += remedies[self.remedy].format(subject=self.subject)
+        return text + self.detail
+
+    def __str__(self) -> str:
+        return self.explain(API_REMEDIES)
+
+    def __reduce__(self):  # keeps the keyword arguments when pickled (multiprocessing)
+        return (_rebuild, (type(self), self.message, self.remedy, self.detail, self.subject))
+
+
+def _rebuild(cls: type[EmbcliError], message: str, remedy, detail: str, subject: str):
+    return cls(message, remedy=remedy, detail=detail, subject=subject)
 
 
 class UnsupportedFormat(EmbcliError):
@@ -33,6 +83,10 @@ class BadVectors(EmbcliError):
     "A vector file cannot be used for the requested assignment"
 
 
+class NonFiniteValues(BadVectors):
+    "New values hold NaN or Inf"
+
+
 class LossyCast(EmbcliError):
     "Values do not fit the table's dtype without loss"
 
@@ -46,7 +100,7 @@ class VerificationFailed(EmbcliError):
 
 
 class OutputExists(EmbcliError):
-    "The output path exists and --force was not given"
+    "The output path exists and replacing it was not asked for"
 
 
 class MissingDependency(EmbcliError):
@@ -66,4 +120,12 @@ class NoVocabulary(EmbcliError):
 
 
 class InterruptedEdit(EmbcliError):
-    "An in-place edit was killed half done; `embcli recover` rolls it back"
+    "An in-place edit was killed half done and must be rolled back first"
+
+
+class ModelClosed(EmbcliError):
+    "The model was used after it was closed"
+
+
+class BadArgument(EmbcliError):
+    "An argument to a library function has the wrong type or value"

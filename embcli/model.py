@@ -11,9 +11,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
+from embcli.dtypes import is_bfloat16
 from embcli.errors import (
     AmbiguousTable,
     InterruptedEdit,
@@ -116,8 +116,9 @@ def refuse_half_edited(folder: Path) -> None:
     """Refuse to read a folder in which a killed in-place edit left a file half done."""
     for journal, target in pending(folder):
         raise InterruptedEdit(
-            f"an in-place edit of {target} was interrupted ({journal.name} is its undo "
-            f"journal); run `embcli recover {target}` to restore it"
+            f"an in-place edit of {target} was interrupted ({journal.name} is its undo journal)",
+            remedy="recover",
+            subject=str(target),
         )
 
 
@@ -156,13 +157,11 @@ def find_table(model: ModelFile, name: str | None) -> Table:
         if len(embeddings) == 1:
             return embeddings[0]
         if not embeddings:
-            raise NoSuchTable(
-                "the model holds no embedding table; use --all with `layers` to see its "
-                "2-D weights and pick one with --layer"
-            )
+            raise NoSuchTable("the model holds no embedding table", remedy="any_weight")
         raise AmbiguousTable(
-            "the model holds several tables; choose one with --layer: "
-            + ", ".join(t.name for t in embeddings)
+            "the model holds several tables",
+            remedy="choose_table",
+            detail=": " + ", ".join(t.name for t in embeddings),
         )
     matches = [t for t in tables if name in _keys(t)]
     if len(matches) == 1:
@@ -186,17 +185,17 @@ def decode(
     bfloat16 widens to float32 (exactly); int8-quantized tables are divided by their
     per-row scale, as Keras does. `raw` keeps stored integers as they are.
     """
-    if stored.dtype == ml_dtypes.bfloat16:
+    if is_bfloat16(stored):
         return stored.astype(np.float32)
     if raw or table.quantized is None:
         return stored
     if table.quantized != "int8" or table.scale is None:
         raise UnsupportedEdit(
-            f"{table.name} is {table.quantized}-quantized; embcli reads its stored values "
-            "only with --raw"
+            f"{table.name} is {table.quantized}-quantized and embcli cannot dequantize it",
+            remedy="raw",
         )
     scale = model.read(table.scale, rows)
-    if scale.dtype == ml_dtypes.bfloat16:
+    if is_bfloat16(scale):
         scale = scale.astype(np.float32)
     return stored.astype(np.float32) / scale.astype(np.float32)[:, None]
 

@@ -202,8 +202,9 @@ def _read_npz(path: Path, key: str | None) -> np.ndarray:
         if key is None:
             if len(keys) != 1:
                 raise BadVectors(
-                    f"{path.name} holds {len(keys)} arrays; choose one with "
-                    f"--key: {', '.join(keys)}"
+                    f"{path.name} holds {len(keys)} arrays",
+                    remedy="npz_key",
+                    detail=f": {', '.join(keys)}",
                 )
             key = keys[0]
         if key not in keys:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import h5py
-import ml_dtypes
 import numpy as np
 
+from embcli.dtypes import bfloat16
 from embcli.errors import MalformedFile, UnsupportedEdit
 from embcli.guarded import H5_ERRORS, DatasetInfo, open_h5
 
@@ -170,7 +170,7 @@ class ModelFile(ABC):
 
 
 def numpy_dtype(info: DatasetInfo) -> np.dtype:
-    return np.dtype(ml_dtypes.bfloat16) if info.is_bfloat16 else np.dtype(info.dtype)
+    return bfloat16() if info.is_bfloat16 else np.dtype(info.dtype)
 
 
 def read_dataset(ds: h5py.Dataset, info: DatasetInfo, rows: slice | np.ndarray) -> np.ndarray:
@@ -182,7 +182,7 @@ def read_dataset(ds: h5py.Dataset, info: DatasetInfo, rows: slice | np.ndarray) 
         for start, stop, at in contiguous_runs(rows):
             data[at : at + stop - start] = ds[start:stop]
     if info.is_bfloat16:
-        data = data.view(ml_dtypes.bfloat16)
+        data = data.view(bfloat16())
     return data
 
 
