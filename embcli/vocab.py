@@ -17,7 +17,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from embcli.errors import BadVocabulary, UnknownToken
+import numpy as np
+
+from embcli.errors import BadVocabulary, NoVocabulary, UnknownToken
 from embcli.formats.base import ModelFile, Table
 from embcli.formats.naming import LAYERS_CONTAINER, TF_KERAS_LAYERS_CONTAINER, groups_from_config
 
@@ -486,3 +488,30 @@ def table_vocabulary(
     if path is not None:
         return load_vocabulary_file(path, column)
     return find_vocabulary(model, table)
+
+
+def require_vocabulary(
+    model: ModelFile, table: Table, path: str | Path | None = None, column: str | None = None
+) -> Vocabulary:
+    """`table_vocabulary`, or a `NoVocabulary` error when none is known."""
+    vocabulary = table_vocabulary(model, table, path, column)
+    if vocabulary is None:
+        raise NoVocabulary(f"no vocabulary is known for {table.name}", remedy="vocab")
+    return vocabulary
+
+
+def token_rows(
+    vocabulary: Vocabulary, table: Table, tokens: Sequence[str], lowercase: bool = False
+) -> np.ndarray:
+    """The row of each token in `table`, in order; `UnknownToken` for a token that the
+    vocabulary lacks or that lies beyond the table's rows."""
+    found = []
+    for word in tokens:
+        index = vocabulary.row_of(word.lower() if lowercase else word)
+        if index >= table.rows:
+            raise UnknownToken(
+                f"{word!r} is row {index} of the vocabulary, beyond the "
+                f"{table.rows} rows of {table.name}"
+            )
+        found.append(index)
+    return np.asarray(found, dtype=np.int64)

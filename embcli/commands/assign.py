@@ -206,13 +206,11 @@ def token_vectors(
     """The rows whose token has a vector in `source`, and those vectors; prints coverage."""
     from embcli.atomic import check_output
     from embcli.edit import output_suffix_problem
-    from embcli.errors import BadVectors, NoVocabulary, UnsupportedEdit
+    from embcli.errors import BadVectors, UnsupportedEdit
     from embcli.pretrained import vocabulary_vectors
-    from embcli.vocab import table_vocabulary
+    from embcli.vocab import require_vocabulary
 
-    vocabulary = table_vocabulary(opened, table, vocab_path, vocab_column)
-    if vocabulary is None:
-        raise NoVocabulary(f"no vocabulary is known for {table.name}; give one with --vocab FILE")
+    vocabulary = require_vocabulary(opened, table, vocab_path, vocab_column)
     if not in_place:
         check_output(output, force)
         problem = output_suffix_problem(opened, output)

@@ -264,20 +264,15 @@ def _fail(message: str) -> NoReturn:
 
 def query_row(table, row: str | None, token: str | None, vocabulary) -> int:
     """The row `neighbors` asks about: ROW (an index, maybe negative) or --token WORD."""
-    from embcli.errors import NoVocabulary, UnknownToken
+    from embcli.errors import NoVocabulary
     from embcli.rowspec import parse_rows
+    from embcli.vocab import token_rows
 
     if token is None:
         return int(parse_rows([row], table.rows)[0])
     if vocabulary is None:
-        raise NoVocabulary(f"no vocabulary is known for {table.name}; give one with --vocab FILE")
-    index = vocabulary.row_of(token)
-    if index >= table.rows:
-        raise UnknownToken(
-            f"{token!r} is row {index} of the vocabulary, beyond the "
-            f"{table.rows} rows of {table.name}"
-        )
-    return index
+        raise NoVocabulary(f"no vocabulary is known for {table.name}", remedy="vocab")
+    return int(token_rows(vocabulary, table, [token])[0])
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

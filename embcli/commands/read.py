@@ -153,11 +153,10 @@ def rows(
     """
     import numpy as np
 
-    from embcli.errors import NoVocabulary, UnknownToken
     from embcli.model import find_table, open_model, read_rows
     from embcli.output import aligned, to_csv, to_json, vector_text
     from embcli.rowspec import parse_rows
-    from embcli.vocab import table_vocabulary
+    from embcli.vocab import require_vocabulary, table_vocabulary, token_rows
 
     mode = output_mode(as_json, as_csv)
     reject_unknown_options(row)
@@ -166,27 +165,17 @@ def rows(
         raise click.UsageError("give at least one ROW (an index or a slice) or --token WORD")
     with open_model(model) as opened:
         table = find_table(opened, layer)
-        vocabulary = table_vocabulary(opened, table, vocab_path, vocab_column)
-        if tokens and vocabulary is None:
-            raise NoVocabulary(
-                f"no vocabulary is known for {table.name}; give one with --vocab FILE"
-            )
+        if tokens:
+            vocabulary = require_vocabulary(opened, table, vocab_path, vocab_column)
+        else:
+            vocabulary = table_vocabulary(opened, table, vocab_path, vocab_column)
         if vocabulary is not None:
             problem = vocabulary.size_problem(table)
             if problem:
                 warn(problem)
         indices = parse_rows(row, table.rows) if row else np.zeros(0, dtype=np.int64)
         if tokens:
-            found = []
-            for word in tokens:
-                index = vocabulary.row_of(word.lower() if lowercase else word)
-                if index >= table.rows:
-                    raise UnknownToken(
-                        f"{word!r} is row {index} of the vocabulary, beyond the "
-                        f"{table.rows} rows of {table.name}"
-                    )
-                found.append(index)
-            indices = np.concatenate([indices, np.asarray(found, dtype=np.int64)])
+            indices = np.concatenate([indices, token_rows(vocabulary, table, tokens, lowercase)])
         values = read_rows(opened, table, indices, raw=raw)
     words = [vocabulary.token_at(int(i)) for i in indices] if vocabulary is not None else None
     if mode == "json":

@@ -117,6 +117,44 @@ class WritePlan:
     remove: list[Path] = field(default_factory=list)
 
 
+@dataclass
+class NewWeight:
+    """A weight written whole, possibly with a new shape.
+
+    `blocks()` yields consecutive blocks of rows (along the first axis), in order, which
+    together cover `shape[0]` rows; values are already in `dtype`, the stored dtype.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    blocks: Callable[[], Iterator[np.ndarray]]
+
+
+@dataclass
+class Edit:
+    """Everything one write changes; whatever it does not name is kept bit for bit.
+
+    Attributes:
+        rows: `weight -> (row indices, stored values)`, patched where the rows lie.
+        weights: `weight -> NewWeight`, datasets replaced whole (a resize); a weight
+            not yet in the file is added.
+        config: the model's new config (parsed JSON), replacing the old one.
+        assets: `asset path -> new bytes` (relative to the assets folder).
+        files: `file name -> new bytes` for small files beside the weights (for
+            example a preset's `tokenizer.json` or `task.json`).
+    """
+
+    rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    weights: dict[str, NewWeight] = field(default_factory=dict)
+    config: dict | None = None
+    assets: dict[str, bytes] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def only_rows(self) -> bool:
+        return not (self.weights or self.config is not None or self.assets or self.files)
+
+
 class ModelFile(ABC):
     """An open model artifact. Use as a context manager, or call `close`."""
 
@@ -150,6 +188,15 @@ class ModelFile(ABC):
         Values are already in the weight's stored dtype. With `in_place`, `output` is
         this artifact's own path and only the files that change need rewriting.
         """
+
+    def plan_edit(self, output: Path, edit: Edit, in_place: bool) -> WritePlan:
+        """How to write a copy at `output` that makes every change `edit` names.
+
+        Formats that can only patch rows answer row-only edits and refuse the rest.
+        """
+        if edit.only_rows:
+            return self.plan_write(output, edit.rows, in_place)
+        raise UnsupportedEdit(f"{self.format_name} files cannot be restructured by embcli")
 
     def config(self) -> dict | None:
         """The model's config as parsed JSON data, when the artifact has one."""
