@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -20,6 +21,9 @@ import numpy as np
 from embcli.dtypes import bfloat16
 from embcli.errors import MalformedFile, UnsupportedEdit
 from embcli.guarded import H5_ERRORS, DatasetInfo, open_h5
+
+if TYPE_CHECKING:
+    from embcli.formats.registry import ArtifactKind
 
 EMBEDDING_SUFFIX = "Embedding"
 EMBEDDING_VARIABLE = "embeddings"
@@ -159,6 +163,7 @@ class ModelFile(ABC):
     """An open model artifact. Use as a context manager, or call `close`."""
 
     format_name: str = "?"
+    artifact_kind: ArtifactKind | None = None
 
     def __init__(self, path: Path) -> None:
         self.path = path

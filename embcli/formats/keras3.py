@@ -40,8 +40,11 @@ from embcli.formats.naming import (
     ConfigLayer,
     groups_from_config,
 )
+from embcli.formats.registry import ArtifactKind, Probe
 from embcli.guarded import (
+    ZIP_EMPTY_SIGNATURE,
     ZIP_ERRORS,
+    ZIP_SIGNATURE,
     FileWindow,
     check_archive,
     check_directory_size,
@@ -605,3 +608,34 @@ def _read_small(path: Path, limit: int = 256 * 1024 * 1024) -> bytes:
     if path.stat().st_size > limit:
         raise UnsafeFile(f"{path} is larger than {limit} bytes")
     return path.read_bytes()
+
+
+def _is_archive(probe: Probe) -> bool:
+    return probe.head.startswith((ZIP_SIGNATURE, ZIP_EMPTY_SIGNATURE))
+
+
+def _is_folder(probe: Probe) -> bool:
+    return probe.is_dir and (
+        (probe.path / WEIGHTS_FILENAME).exists() or probe.has_file(CONFIG_FILENAME)
+    )
+
+
+def _is_weights(probe: Probe) -> bool:
+    """Any HDF5 file that is not a legacy one, which is tried first."""
+    return probe.is_hdf5
+
+
+def _is_sharded(probe: Probe) -> bool:
+    return probe.head.lstrip()[:1] == b"{"
+
+
+def _opener(kind: str):
+    return lambda path: Keras3File(path, kind)
+
+
+KINDS = [
+    ArtifactKind("keras archive", 10, _is_archive, _opener("archive"), ".keras"),
+    ArtifactKind("keras folder", 30, _is_folder, _opener("folder")),
+    ArtifactKind("keras weights", 41, _is_weights, _opener("weights"), ".weights.h5"),
+    ArtifactKind("keras sharded weights", 50, _is_sharded, _opener("sharded"), ".weights.json"),
+]

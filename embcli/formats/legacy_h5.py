@@ -26,6 +26,7 @@ from embcli.formats.base import (
     slots_by_shape,
 )
 from embcli.formats.naming import walk_config_layers
+from embcli.formats.registry import ArtifactKind, Probe
 from embcli.guarded import parse_json, read_attr_list, read_attr_text
 
 MODEL_WEIGHTS_GROUP = "model_weights"
@@ -202,3 +203,20 @@ def _names_variable(slot: str, variable: str) -> bool:
         return True
     leaf = slot.rsplit("/", 1)[-1]
     return leaf.startswith(variable.replace("/", "_") + "_")
+
+
+LEGACY_ROOT_MARKERS = frozenset(
+    {
+        MODEL_WEIGHTS_GROUP,
+        LAYER_NAMES_ATTRIBUTE,
+        MODEL_CONFIG_ATTRIBUTE,
+        "keras_version",
+    }
+)
+
+
+def _is_legacy(probe: Probe) -> bool:
+    return probe.is_hdf5 and bool(probe.h5_root_names & LEGACY_ROOT_MARKERS)
+
+
+KINDS = [ArtifactKind("legacy h5", 40, _is_legacy, LegacyH5File)]
