@@ -21,6 +21,7 @@ CLI_REMEDIES = {
     "npz_key": "; choose one with --key",
     "metric_l2": " (try --metric l2)",
     "raw": "; --raw gives its stored values",
+    "rows": "; give --rows to replace some of them",
 }
 
 

@@ -79,7 +79,11 @@ def _keys(table: Table) -> set[str]:
 
 def find_table(model: ModelFile, name: str | None) -> Table:
     """The table `--layer NAME` means: a layer name, `outer/inner` path, or weight path."""
-    tables = list_tables(model, all_weights=True)
+    return select_table(list_tables(model, all_weights=True), name)
+
+
+def select_table(tables: list[Table], name: str | None) -> Table:
+    """`find_table` among tables already listed (with `all_weights`)."""
     embeddings = [t for t in tables if t.is_embedding]
     if name is None:
         if len(embeddings) == 1:

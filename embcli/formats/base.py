@@ -59,7 +59,6 @@ class Table:
     is_embedding: bool = True
     aliases: tuple[str, ...] = ()
     owner: str = ""
-    extras: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def rows(self) -> int:
