@@ -28,7 +28,6 @@ __all__ = [
     "errors",
     "open",
     "recover",
-    "remap",
     "resize",
 ]
 
@@ -39,15 +38,13 @@ _LAZY = {
     "Model": "embcli.api",
     "AssignResult": "embcli.api",
     "Table": "embcli.formats.base",
-    "resize": "embcli.resize",
-    "remap": "embcli.remap",
+    "resize": "embcli.resizing",
 }
 
 if TYPE_CHECKING:
     from embcli.api import AssignResult, Model, assign, open, recover
     from embcli.formats.base import Table
-    from embcli.remap import remap
-    from embcli.resize import resize
+    from embcli.resizing import resize
 
 
 def __getattr__(name: str) -> Any:

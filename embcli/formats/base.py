@@ -145,6 +145,8 @@ class Edit:
         assets: `asset path -> new bytes` (relative to the assets folder).
         files: `file name -> new bytes` for small files beside the weights (for
             example a preset's `tokenizer.json` or `task.json`).
+        checks: `(weight, sorted rows, expected stored values)` that the written copy
+            must read back before it replaces anything.
     """
 
     rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -152,6 +154,7 @@ class Edit:
     config: dict | None = None
     assets: dict[str, bytes] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
+    checks: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)
 
     @property
     def only_rows(self) -> bool:
@@ -183,6 +186,13 @@ class ModelFile(ABC):
         """Weights of the saved optimizer state that hold per-row state for `table`."""
         return []
 
+    def weights_of(self, table: Table) -> list[str]:
+        """Every weight of the layer that owns `table` (its bias, say), in order."""
+        return [table.weight]
+
+    reshapes_weights = False
+    "Whether `plan_edit` can replace weights with others of another shape."
+
     @abstractmethod
     def plan_write(
         self, output: Path, patches: dict[str, tuple[np.ndarray, np.ndarray]], in_place: bool
@@ -204,6 +214,11 @@ class ModelFile(ABC):
 
     def config(self) -> dict | None:
         """The model's config as parsed JSON data, when the artifact has one."""
+        return None
+
+    def layer_config(self, table: Table, config: dict | None = None) -> dict | None:
+        """The config entry (the dict inside `config`, by default the model's own) of the
+        layer that owns `table`, where the config lists its layers."""
         return None
 
     def asset(self, name: str) -> bytes | None:

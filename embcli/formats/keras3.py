@@ -23,9 +23,11 @@ import numpy as np
 from embcli.errors import MalformedFile, UnsafeFile, UnsupportedEdit, UnsupportedFormat
 from embcli.formats.base import (
     EMBEDDING_SUFFIX,
+    Edit,
     FilePlan,
     H5Source,
     ModelFile,
+    NewWeight,
     Table,
     WritePlan,
     ZipMemberChecksums,
@@ -34,6 +36,7 @@ from embcli.formats.base import (
     snake_to_class,
     vars_index,
 )
+from embcli.formats.h5rewrite import rewrite_h5
 from embcli.formats.naming import (
     LAYERS_CONTAINER,
     TF_KERAS_LAYERS_CONTAINER,
@@ -103,6 +106,7 @@ class Keras3File(ModelFile):
         self._member_offset: int | None = None
         self._spill = None
         self._config: dict | None = None
+        self._config_indent: int | None = None
         self._shard_map: dict | None = None
         self._sources: dict[str, H5Source] = {}
         self._location: dict[str, str] = {}
@@ -199,6 +203,7 @@ class Keras3File(ModelFile):
             self._sources[shard] = H5Source(shard_path)
 
     def _parse_config(self, text: bytes) -> dict:
+        self._config_indent = _indent_of(text)
         config = parse_json(text, f"{self.path}: {CONFIG_FILENAME}")
         if not isinstance(config, dict):
             raise MalformedFile(f"{self.path}: {CONFIG_FILENAME} is not a JSON object")
@@ -440,6 +445,163 @@ class Keras3File(ModelFile):
             return self._plan_folder(output, by_source.get("", []), checks.get("", []), in_place)
         return self._plan_sharded(output, by_source, checks, in_place)
 
+    def plan_edit(self, output: Path, edit: Edit, in_place: bool) -> WritePlan:
+        if edit.only_rows:
+            return self.plan_write(output, edit.rows, in_place)
+        if edit.rows:
+            raise UnsupportedEdit("an edit that reshapes weights rewrites them whole")
+        by_source: dict[str, dict[str, NewWeight]] = {}
+        for weight, new in edit.weights.items():
+            path = weight.strip("/")
+            key = self._location.get(path)
+            if key is None:
+                key = self._shard_for_new_weight(path)
+            by_source.setdefault(key, {})[path] = new
+        checks: dict[str, list] = {}
+        for weight, rows, expected in edit.checks:
+            key = self._location.get(weight.strip("/"), next(iter(by_source), ""))
+            checks.setdefault(key, []).append((weight, rows, expected))
+        config = self._config_bytes(edit.config) if edit.config is not None else None
+        if self.kind == "archive":
+            rebuild = self._rewrite_archive(by_source.get("", {}), config, edit.assets)
+            return WritePlan(
+                output, [FilePlan(output, self.path, checks=checks.get(""), rebuild=rebuild)]
+            )
+        if self.kind == "weights":
+            plan = FilePlan(
+                output,
+                self.path,
+                checks=checks.get(""),
+                rebuild=self._rewrite("", by_source.get("", {})),
+            )
+            return WritePlan(output, [plan])
+        if self.kind == "folder":
+            return self._plan_folder_edit(output, by_source.get("", {}), config, edit, checks)
+        return self._plan_sharded_edit(output, by_source, checks, in_place)
+
+    reshapes_weights = True
+
+    def weights_of(self, table: Table) -> list[str]:
+        owner = self._owners.get(table.owner)
+        return list(owner.datasets) if owner is not None else [table.weight]
+
+    def layer_config(self, table: Table, config: dict | None = None) -> dict | None:
+        config = self._config if config is None else config
+        if config is None:
+            return None
+        groups = groups_from_config(config)
+        known = groups.get(table.owner) or groups.get(
+            table.owner.replace(TF_KERAS_LAYERS_CONTAINER, LAYERS_CONTAINER)
+        )
+        return known.config if known is not None else None
+
+    def _shard_for_new_weight(self, path: str) -> str:
+        """The file that gets a weight the edit adds: the one holding its siblings."""
+        parent = path.rsplit("/", 1)[0]
+        for existing, key in self._location.items():
+            if existing.rsplit("/", 1)[0] == parent:
+                return key
+        raise UnsupportedEdit(f"{path}: embcli can only add a weight beside others")
+
+    def _rewrite(self, key: str, weights: dict[str, NewWeight]):
+        source = self._sources[key]
+
+        def write(target: Path) -> None:
+            rewrite_h5(source.handle, target, weights)
+
+        return write
+
+    def _config_bytes(self, config: dict) -> bytes:
+        """The new config.json, laid out as the old one was (Keras writes it on one line;
+        keras-hub indents it)."""
+        indent = self._config_indent
+        return json.dumps(config, indent=indent).encode() if indent else json.dumps(config).encode()
+
+    def _rewrite_archive(self, weights: dict[str, NewWeight], config: bytes | None, assets):
+        """Write a new archive: every member in its order and with its metadata, the
+        weights member rewritten, config.json and the edited assets replaced."""
+        replaced = {f"{ASSETS_DIRNAME}/{name}": data for name, data in assets.items()}
+        if config is not None:
+            replaced[CONFIG_FILENAME] = config
+        for name in replaced:
+            if name not in self._archive.namelist():
+                raise UnsupportedEdit(f"the archive has no {name} to replace")
+        source = self._sources[""]
+
+        def write(target: Path) -> None:
+            weights_file = target.with_name(target.name + ".weights")
+            if weights:
+                rewrite_h5(source.handle, weights_file, weights)
+            try:
+                with zipfile.ZipFile(target, "w", allowZip64=True) as out:
+                    for info in self._archive.infolist():
+                        copy = _copy_info(info)
+                        large = info.file_size > 1 << 31
+                        with out.open(copy, "w", force_zip64=large) as dst:
+                            if info is self._member and weights:
+                                with open(weights_file, "rb") as src:
+                                    shutil.copyfileobj(src, dst, 1 << 20)
+                            elif info.filename in replaced:
+                                dst.write(replaced[info.filename])
+                            else:
+                                with self._archive.open(info) as src:
+                                    shutil.copyfileobj(src, dst, 1 << 20)
+            finally:
+                weights_file.unlink(missing_ok=True)
+
+        return write
+
+    def _plan_folder_edit(self, output, weights, config, edit: Edit, checks) -> WritePlan:
+        replaced = {Path(ASSETS_DIRNAME) / name: data for name, data in edit.assets.items()}
+        if config is not None:
+            replaced[Path(CONFIG_FILENAME)] = config
+        replaced.update({Path(name): data for name, data in edit.files.items()})
+        files = []
+        for source in sorted(self.path.rglob("*")):
+            if source.is_symlink():
+                raise UnsafeFile(f"{source}: symbolic links in a model folder are refused")
+            if not source.is_file():
+                continue
+            relative = source.relative_to(self.path)
+            target = output / relative
+            if relative == Path(WEIGHTS_FILENAME) and weights:
+                files.append(
+                    FilePlan(
+                        target, source, checks=checks.get(""), rebuild=self._rewrite("", weights)
+                    )
+                )
+            elif relative in replaced:
+                files.append(FilePlan(target, content=replaced.pop(relative)))
+            else:
+                files.append(FilePlan(target, source))
+        if replaced:
+            raise UnsupportedEdit(f"the folder has no {', '.join(map(str, replaced))} to replace")
+        return WritePlan(output, files, folder=output)
+
+    def _plan_sharded_edit(self, output, by_source, checks, in_place) -> WritePlan:
+        plan = self._plan_sharded(output, {}, {}, in_place=False) if not in_place else None
+        targets = (
+            {key: item.target for key, item in zip(self._sources, plan.files, strict=False)}
+            if plan is not None
+            else {key: self.path.parent / key for key in self._sources}
+        )
+        files = []
+        for key, source in self._sources.items():
+            if key in by_source:
+                files.append(
+                    FilePlan(
+                        targets[key],
+                        source.path,
+                        checks=checks.get(key),
+                        rebuild=self._rewrite(key, by_source[key]),
+                    )
+                )
+            elif plan is not None:
+                files.append(FilePlan(targets[key], source.path))
+        if plan is not None:
+            files.append(plan.files[-1])
+        return WritePlan(output, files)
+
     def _plan_archive(self, output, patches, checks) -> WritePlan:
         info = self._member
         if self._member_offset is None:
@@ -593,6 +755,12 @@ def shard_rename(shard: str, old_index: str, new_index: str, position: int) -> s
     if shard.startswith(old_stem + "_"):
         return new_stem + shard[len(old_stem) :]
     return f"{new_stem}_{position:05d}.weights.h5"
+
+
+def _indent_of(text: bytes) -> int | None:
+    """The indent a JSON text was written with, or None for a single line."""
+    match = re.match(rb"\{\r?\n( +)", text)
+    return len(match.group(1)) if match else None
 
 
 def _copy_info(info: zipfile.ZipInfo) -> zipfile.ZipInfo:
