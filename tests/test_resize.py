@@ -12,7 +12,7 @@ import pytest
 from conftest import FIXTURES
 from digest import artifact_digest, changed_keys
 from keras_check import keras_check
-from oracle import keras_tables
+from oracle import keras_tables, old_keras_available
 
 import embcli
 from embcli import errors
@@ -419,3 +419,16 @@ def test_text_summary(runner, tmp_path):
         f"resized words from 50 to 52 rows (init mean); wrote {output}",
         "config /config/layers/2/config/input_dim: 50 -> 52",
     ]
+
+
+@pytest.mark.keras
+@pytest.mark.skipif(not old_keras_available(), reason="no Keras 3.0 interpreter on this machine")
+def test_keras_30_reloads_its_resized_file(tmp_path):
+    output = tmp_path / "old.keras"
+    embcli.resize(FIXTURES / "k30_functional.keras", "words", add=ADD, output=output)
+    reloaded = keras_tables(output, ["words", "positions"], "old", scratch=tmp_path)
+    np.testing.assert_array_equal(reloaded["words"], computed(output, "words"))
+    assert reloaded["words"].shape == (50 + ADD, 8)
+    np.testing.assert_array_equal(
+        reloaded["positions"], computed(FIXTURES / "k30_functional.keras", "positions")
+    )
