@@ -101,7 +101,8 @@ def preset_vocabulary_asset(
     if not isinstance(stem, str) or not _is_plain_name(stem):
         raise BadVocabulary(f"{config_name}: config_file {stem!r} is not a plain file name")
     directory = f"{ASSETS_DIR}/{stem.split('.')[0]}"
-    asset = _asset_in(directory, set(_names_under(files, directory)), class_name)
+    names = set(_names_under(files, directory))
+    asset = _asset_in(directory, names, class_name, named_by_config=True)
     if asset is None:
         raise NoVocabulary(f"{class_name} in {config_name} has no vocabulary under {directory}/")
     return _with_specials(asset, arguments)
@@ -169,12 +170,15 @@ def read_preset_vocabulary(files: Mapping[str, bytes]) -> TokenizerVocabulary:
     return read_asset(preset_vocabulary_asset(files), files)
 
 
-def _asset_in(directory: str, names: set[str], class_name: str | None) -> VocabularyAsset | None:
+def _asset_in(
+    directory: str, names: set[str], class_name: str | None, named_by_config: bool = False
+) -> VocabularyAsset | None:
     for base, kind in KERAS_HUB_VOCABULARY_FILES:
         name = f"{directory}/{base}"
         if name not in names:
             continue
-        if kind == WORDPIECE and TOKENIZER_DIR_MARK not in directory.rsplit("/", 1)[-1]:
+        unmarked = TOKENIZER_DIR_MARK not in directory.rsplit("/", 1)[-1]
+        if kind == WORDPIECE and unmarked and not named_by_config:
             continue
         merges = f"{directory}/{MERGES_FILE}"
         return VocabularyAsset(
