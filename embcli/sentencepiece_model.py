@@ -68,6 +68,8 @@ def parse_pieces(data: bytes, source: str = "SentencePiece model") -> list[Piece
         BadVocabulary: the bytes are not a well-formed model with at least one piece, or
             a piece repeats.
     """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BadVocabulary(f"{source}: expected bytes, got {type(data).__name__}")
     if len(data) > MAX_MODEL_BYTES:
         raise BadVocabulary(f"{source} is larger than {MAX_MODEL_BYTES} bytes")
     view = memoryview(data)
@@ -122,6 +124,10 @@ def check_new_tokens(tokens: Sequence[str], existing: set[str] | frozenset[str])
     for token in tokens:
         if not isinstance(token, str) or not token:
             raise BadArgument(f"cannot add {token!r}: a token must be a non-empty string")
+        try:
+            token.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadArgument(f"cannot add {token!r}: it is not valid Unicode text") from None
         if token in existing:
             raise BadArgument(f"cannot add {token!r}: it is already in the vocabulary")
         if token in seen:

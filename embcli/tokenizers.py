@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from embcli.errors import BadVocabulary
+from embcli.errors import BadArgument, BadVocabulary
 from embcli.sentencepiece_model import (
     SPECIAL_PIECE_TYPES,
     append_user_defined,
@@ -66,6 +66,7 @@ class TokenizerVocabulary:
         special_ids: ids of marker tokens (padding, unknown, start/end, mask, ...).
         kind: the file format, one of `KINDS`.
         source: the file it was read from.
+        ids: token -> id; a repeated token maps to its last row.
     """
 
     tokens: list[str]
@@ -75,10 +76,8 @@ class TokenizerVocabulary:
     ids: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        ids: dict[str, int] = {}
-        for index, token in enumerate(self.tokens):
-            ids.setdefault(token, index)
-        object.__setattr__(self, "ids", ids)
+        # A repeated token maps to its last row, as keras-hub and Hugging Face read it.
+        object.__setattr__(self, "ids", {token: row for row, token in enumerate(self.tokens)})
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -116,7 +115,12 @@ def read_vocabulary(kind: str, data: bytes, source: str = "") -> TokenizerVocabu
 
 
 def read_wordpiece(data: bytes, source: str = "") -> TokenizerVocabulary:
-    """One token a line (`\\n`, `\\r\\n` or `\\r`); a final line ending adds no token."""
+    """One token a line (`\\n`, `\\r\\n` or `\\r`); a final line ending adds no token.
+
+    Lines are kept as they are, spaces and a byte order mark included, as Python's
+    universal-newline reading and Hugging Face give them (keras-hub also strips trailing
+    whitespace from each line).
+    """
     tokens = _lines(_text(data, source or "vocabulary.txt"))
     if not tokens:
         raise BadVocabulary(f"{source or 'the vocabulary'} holds no tokens")
@@ -240,7 +244,7 @@ def _text(data: bytes, source: str) -> str:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as error:
         raise BadVocabulary(f"{source} is not UTF-8 text (byte {error.start})") from None
-    return text[1:] if text.startswith("\ufeff") else text
+    return text
 
 
 def _lines(text: str) -> list[str]:
@@ -251,8 +255,6 @@ def _lines(text: str) -> list[str]:
 
 
 def _refuse_line_breaks(tokens: Iterable[str]) -> None:
-    from embcli.errors import BadArgument
-
     for token in tokens:
         if "\n" in token or "\r" in token:
             raise BadArgument(f"cannot add {token!r}: a WordPiece token cannot hold a line break")

@@ -132,13 +132,20 @@ def test_wordpiece_lines_are_rows():
         (b"a\r\nb\r\n", ["a", "b"]),
         (b"a\nb", ["a", "b"]),
         (b"a\rb\r", ["a", "b"]),
-        (b"\xef\xbb\xbfa\nb\n", ["a", "b"]),
+        (b"\xef\xbb\xbfa\nb\n", ["\ufeffa", "b"]),
         (b"a\n\nb\n", ["a", "", "b"]),
         (b"a \nb\n", ["a ", "b"]),
     ],
 )
 def test_wordpiece_line_endings(data, tokens):
     assert read_wordpiece(data).tokens == tokens
+
+
+def test_a_repeated_token_maps_to_its_last_row():
+    # as Hugging Face's BertTokenizer reads it; keras-hub refuses such a vocabulary
+    vocabulary = read_wordpiece(b"[PAD]\na\nb\na\n")
+    assert vocabulary.tokens == ["[PAD]", "a", "b", "a"]
+    assert vocabulary.ids == {"[PAD]": 0, "a": 3, "b": 2}
 
 
 def test_wordpiece_append_keeps_the_file_and_adds_lines():
@@ -149,7 +156,9 @@ def test_wordpiece_append_keeps_the_file_and_adds_lines():
     assert append_tokens(WORDPIECE, b"a\r\nb", ["c"]) == b"a\r\nb\r\nc\r\n"
 
 
-@pytest.mark.parametrize("tokens", [["the"], ["x", "x"], [""], ["a\nb"], "abc", [3]])
+@pytest.mark.parametrize(
+    "tokens", [["the"], ["x", "x"], [""], ["a\nb"], "abc", [3], ["\ud800"], [None]]
+)
 def test_wordpiece_append_refuses_bad_tokens(tokens):
     with pytest.raises(BadArgument):
         append_tokens(WORDPIECE, b"[PAD]\nthe\n", tokens)
