@@ -76,7 +76,7 @@ class TokenizerVocabulary:
     ids: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # A repeated token maps to its last row, as keras-hub and Hugging Face read it.
+        # A repeated line of a vocab.txt maps to its last row, as Hugging Face reads it.
         object.__setattr__(self, "ids", {token: row for row, token in enumerate(self.tokens)})
 
     def __len__(self) -> int:
@@ -90,6 +90,19 @@ class TokenizerVocabulary:
 def kind_of_file(name: str) -> str | None:
     """The format a vocabulary file's base name stands for, or None if it tells none."""
     return KIND_BY_FILE_NAME.get(name.rsplit("/", 1)[-1])
+
+
+def read_vocabulary_file(name: str, data: bytes) -> TokenizerVocabulary:
+    """Parse a vocabulary file whose base name tells its format (`vocab.txt`, ...).
+
+    Raises:
+        BadVocabulary: the name tells no format, or the bytes do not fit it.
+    """
+    kind = kind_of_file(name)
+    if kind is None:
+        known = ", ".join(sorted(KIND_BY_FILE_NAME))
+        raise BadVocabulary(f"{name}: the file name tells no vocabulary format (known: {known})")
+    return read_vocabulary(kind, data, name)
 
 
 def read_vocabulary(kind: str, data: bytes, source: str = "") -> TokenizerVocabulary:
@@ -148,6 +161,10 @@ def read_hf_tokenizer_json(data: bytes, source: str = "") -> TokenizerVocabulary
     name = source or "tokenizer.json"
     document = _json(data, name)
     model = document.get(HF_MODEL_KEY)
+    if model is None and "class_name" in document and "config" in document:
+        raise BadVocabulary(
+            f"{name} is a keras-hub tokenizer config; the vocabulary is a file under assets/"
+        )
     if not isinstance(model, dict) or HF_VOCAB_KEY not in model:
         raise BadVocabulary(f"{name} has no model.vocab; it is not a Hugging Face tokenizer")
     vocab = model[HF_VOCAB_KEY]

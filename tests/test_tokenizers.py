@@ -31,6 +31,7 @@ from embcli.tokenizers import (
     read_hf_tokenizer_json,
     read_sentencepiece,
     read_vocabulary,
+    read_vocabulary_file,
     read_wordpiece,
 )
 
@@ -457,6 +458,15 @@ def test_hf_append_adds_non_special_added_tokens():
 )
 def test_kind_of_file(name, kind):
     assert kind_of_file(name) == kind
+
+
+def test_read_vocabulary_file_by_its_name():
+    assert read_vocabulary_file("some/dir/vocab.txt", b"a\nb\n").tokens == ["a", "b"]
+    with pytest.raises(BadVocabulary, match="tells no vocabulary format"):
+        read_vocabulary_file("words.csv", b"a\n")
+    config = (HUB / "t5_backbone" / "tokenizer.json").read_bytes()
+    with pytest.raises(BadVocabulary, match="is a keras-hub tokenizer config"):
+        read_vocabulary_file("tokenizer.json", config)
 
 
 def keras_hub_config(class_name, **arguments):
