@@ -283,7 +283,7 @@ def test_sentencepiece_malformed(data, message):
 
 
 def model_proto(pieces, trainer_vocab_size):
-    from sentencepiece import sentencepiece_model_pb2
+    sentencepiece_model_pb2 = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
 
     proto = sentencepiece_model_pb2.ModelProto()
     for text, score, kind in pieces:
@@ -547,3 +547,43 @@ def test_archive_lookup_layer_vocabularies_are_not_tokenizers():
 def test_errors_are_embcli_errors():
     for error in (BadVocabulary, NoVocabulary, BadArgument):
         assert issubclass(error, EmbcliError)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
+    max_leaves=12,
+)
+CONFIG_KEYS = st.sampled_from(
+    ["class_name", "config", "config_file", "model", "vocab", "added_tokens", "unsplittable_tokens"]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    config=st.dictionaries(CONFIG_KEYS, JSON_VALUES | st.dictionaries(CONFIG_KEYS, JSON_VALUES)),
+    names=st.lists(
+        st.sampled_from(
+            [
+                "assets/tokenizer/vocabulary.txt",
+                "assets/tokenizer/vocabulary.json",
+                "assets/tokenizer/merges.txt",
+                "assets/tokenizer/vocabulary.spm",
+                "assets/x/vocabulary.spm",
+            ]
+        ),
+        max_size=4,
+    ),
+    content=st.binary(max_size=40),
+)
+def test_hostile_presets_fail_only_with_vocabulary_errors(config, names, content):
+    files = {"tokenizer.json": json.dumps(config).encode(), **dict.fromkeys(names, content)}
+    try:
+        read_preset_vocabulary(files)
+    except (BadVocabulary, NoVocabulary):
+        pass
+    try:
+        asset = archive_vocabulary_asset(files, files["tokenizer.json"])
+        read_asset(asset, files)
+    except (BadVocabulary, NoVocabulary):
+        pass
