@@ -46,11 +46,13 @@ def export_format(path: Path) -> str:
         ) from None
 
 
-def _npy_header(handle, shape: tuple[int, ...], dtype: np.dtype) -> None:
+def write_npy_header(handle, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """The `.npy` header of a C-order array, version 1.0 unless the shape needs 2.0."""
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
-    np.lib.format.write_array_header_2_0(handle, header) if _needs_v2(
-        shape
-    ) else np.lib.format.write_array_header_1_0(handle, header)
+    if _needs_v2(shape):
+        np.lib.format.write_array_header_2_0(handle, header)
+    else:
+        np.lib.format.write_array_header_1_0(handle, header)
 
 
 def _needs_v2(shape: tuple[int, ...]) -> bool:
@@ -61,7 +63,7 @@ def write_npy(
     handle, shape: tuple[int, ...], dtype: np.dtype, blocks: Iterable[tuple[int, np.ndarray]]
 ) -> None:
     """Stream blocks of rows into an `.npy` file handle."""
-    _npy_header(handle, shape, dtype)
+    write_npy_header(handle, shape, dtype)
     for _, block in blocks:
         handle.write(np.ascontiguousarray(block, dtype=dtype).data.cast("B"))
         del block

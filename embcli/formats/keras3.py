@@ -42,10 +42,12 @@ from embcli.formats.naming import (
 )
 from embcli.guarded import (
     ZIP_ERRORS,
+    ByteRange,
     FileWindow,
     check_archive,
     check_directory_size,
     check_folder,
+    dataset_bytes,
     member_data_offset,
     parse_json,
     read_attr_text,
@@ -240,6 +242,12 @@ class Keras3File(ModelFile):
     def read(self, weight: str, rows: slice | np.ndarray) -> np.ndarray:
         source, path = self._source(weight)
         return source.read(path, rows)
+
+    def stored_bytes(self, weight: str) -> ByteRange | None:
+        source, path = self._source(weight)
+        if self._spill is not None:
+            return None  # a compressed member, read from a temporary copy
+        return dataset_bytes(source.handle, source.info(path), source.path, source.base_offset)
 
     def config(self) -> dict | None:
         return self._config

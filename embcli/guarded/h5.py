@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import h5py
@@ -48,6 +49,37 @@ class H5Index:
 
     groups: list[str] = field(default_factory=list)
     datasets: dict[str, DatasetInfo] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """Where a weight's stored values lie, whole and in row order: `size` bytes of the
+    file at `path` from `offset`, each value in `dtype` (with its byte order)."""
+
+    path: Path
+    offset: int
+    size: int
+    dtype: np.dtype
+
+
+def dataset_bytes(
+    handle: h5py.File, info: DatasetInfo, path: Path, base_offset: int = 0
+) -> ByteRange | None:
+    """Where a checked dataset's bytes lie in `path` (the HDF5 file, or the archive it is a
+    stored member of, starting at `base_offset`); None unless they lie there whole and
+    plain: contiguous, every byte written, not bfloat16 marked by an attribute."""
+    if not info.contiguous or info.offset is None or info.is_bfloat16:
+        return None
+    try:
+        dataset = handle[info.path]
+        dtype = dataset.dtype
+        stored = dataset.id.get_storage_size()
+    except H5_ERRORS:
+        return None
+    size = int(np.prod(info.shape, dtype=np.int64)) * dtype.itemsize
+    if stored != size or dtype.fields is not None or dtype.subdtype is not None:
+        return None
+    return ByteRange(path, base_offset + info.offset, size, dtype)
 
 
 def stored_dtype_name(dtype: np.dtype, is_bfloat16: bool) -> str:
