@@ -220,7 +220,7 @@ def _check_shape(what: str, shape: tuple[int, ...], rows: int | None, dim: int |
         raise BadVectors(f"{what}: expected one vector per row, got shape {shape}")
     found_rows, found_dim = (1, shape[0]) if len(shape) == 1 else shape
     if dim is not None and found_dim != dim:
-        raise BadVectors(f"{what} holds {found_dim}-dimensional vectors; the table has dim {dim}")
+        raise BadVectors(f"{what}: vectors have {found_dim} values each; the table has dim {dim}")
     if rows is not None and found_rows != rows:
         raise BadVectors(f"{what} holds {found_rows} vectors; {rows} are needed")
 

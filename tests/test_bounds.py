@@ -204,7 +204,9 @@ def test_npz_shape_is_checked_from_its_header_before_any_data(tmp_path, monkeypa
     monkeypatch.setattr(
         zipfile.ZipExtFile, "readinto", lambda self, b: reads.append(len(b)) or original(self, b)
     )
-    with pytest.raises(BadVectors, match=r"bomb.npz\[v\] holds 256-dimensional vectors"):
+    with pytest.raises(
+        BadVectors, match=r"bomb.npz\[v\]: vectors have 256 values each; the table has dim 8"
+    ):
         load_vectors(path, dim=8)
     with pytest.raises(BadVectors, match=r"bomb.npz\[v\] holds 65536 vectors; 2 are needed"):
         load_vectors(path, rows=2, dim=256)
@@ -251,3 +253,25 @@ def test_a_byte_order_mark_hides_no_token(tmp_path, name, text, fmt):
     assert (found.format, found.records) == (fmt, 2)
     assert found.positions.tolist() == [0, 1]
     np.testing.assert_array_equal(found.vectors, [[1, 2], [3, 4]])
+
+
+def test_hdf5_is_never_opened_on_a_fifo(fifo):
+    from embcli.guarded import h5_root_names, open_h5
+
+    path = fifo("w.h5")
+    with pytest.raises(UnsafeFile, match="a FIFO"):
+        open_h5(path, 0)
+    with pytest.raises(UnsafeFile, match="a FIFO"):
+        h5_root_names(path)
+
+
+def test_a_shard_that_is_a_fifo_is_refused(tmp_path, fifo):
+    import shutil
+
+    for shard in FIXTURES.glob("k3_sharded*"):
+        shutil.copyfile(shard, tmp_path / shard.name)
+    (tmp_path / "k3_sharded_00001.weights.h5").unlink()
+    os.mkfifo(tmp_path / "k3_sharded_00001.weights.h5")
+    result = run_cli("layers", str(tmp_path / "k3_sharded.weights.json"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1

@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from embcli.errors import MalformedFile, UnsafeFile, UnsupportedFormat
+from embcli.guarded.files import open_regular
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 MAX_H5_OBJECTS = 1_000_000
@@ -181,7 +182,7 @@ def _reader(source: str | os.PathLike | BinaryIO) -> Callable[[int, int], bytes]
     if isinstance(source, (str, os.PathLike)):
 
         def read(offset: int, length: int) -> bytes:
-            with open(source, "rb") as handle:
+            with open_regular(source) as handle:
                 return os.pread(handle.fileno(), length, offset)
 
         return read
@@ -242,6 +243,8 @@ def index_h5(
 
 def open_h5(source: str | os.PathLike | BinaryIO, file_size: int) -> tuple[h5py.File, H5Index]:
     """Open an HDF5 file read-only and check all of it. Raises before any weight is read."""
+    if isinstance(source, (str, os.PathLike)):
+        _check_regular(source)
     try:
         handle = h5py.File(source, "r", locking=False)
     except H5_ERRORS as exc:
@@ -258,11 +261,19 @@ def open_h5(source: str | os.PathLike | BinaryIO, file_size: int) -> tuple[h5py.
 
 def h5_root_names(path: str | os.PathLike) -> set[str]:
     """The names of an HDF5 file's root attributes and members, to tell its kind."""
+    _check_regular(path)
     try:
         with h5py.File(path, "r", locking=False) as handle:
             return set(handle.attrs.keys()) | set(handle.keys())
     except H5_ERRORS as exc:
         raise MalformedFile(f"{path}: not a readable HDF5 file ({exc})") from None
+
+
+def _check_regular(path: str | os.PathLike) -> None:
+    """Refuse a FIFO, device or socket before the HDF5 library opens it by name (and would
+    block on it, or read a device without end)."""
+    with open_regular(path):
+        pass
 
 
 def read_attr_text(obj: h5py.HLObject, name: str) -> str | None:
