@@ -16,7 +16,7 @@ from pathlib import Path
 from embcli.atomic import check_output, write_new_file
 from embcli.errors import BadArgument, MalformedFile
 from embcli.formats.base import ModelFile, Table
-from embcli.guarded import ByteRange, open_regular
+from embcli.guarded import ByteRange, file_identity, open_regular
 from embcli.model import computed_dtype, iter_blocks
 from embcli.vectors import (
     export_format,
@@ -69,15 +69,8 @@ def export_tables(
             return
         table = tables[0]
         if fmt == "npy":
-            stored = copyable_bytes(model, table, raw)
             with open(temp, "wb") as handle:
-                if stored is not None:
-                    write_npy_header(handle, table.shape, stored.dtype)
-                    handle.flush()
-                    with open_regular(stored.path) as source:
-                        copy_range(source.fileno(), handle.fileno(), stored.offset, stored.size)
-                else:
-                    write_npy(handle, table.shape, computed_dtype(table, raw), blocks(table)())
+                write_table_npy(handle, model, table, raw)
         elif fmt == "word2vec-binary":
             with open(temp, "wb") as handle:
                 write_word2vec_binary(handle, table.shape, tokens, blocks(table)())
@@ -100,6 +93,24 @@ def export_tables(
             output.unlink(missing_ok=True)
             raise
     return fmt
+
+
+def write_table_npy(handle, model: ModelFile, table: Table, raw: bool = False) -> bool:
+    """Write a table as `.npy` to a binary file handle; returns whether its stored bytes
+    were copied file to file (see `copyable_bytes`) rather than decoded a block at a time.
+    A copy is made only while the stored bytes' path still names the file the model has
+    open."""
+    stored = copyable_bytes(model, table, raw)
+    if stored is not None:
+        with open_regular(stored.path) as source:
+            if file_identity(source.fileno()) == stored.identity:
+                write_npy_header(handle, table.shape, stored.dtype)
+                handle.flush()
+                copy_range(source.fileno(), handle.fileno(), stored.offset, stored.size)
+                return True
+    dtype = computed_dtype(table, raw)
+    write_npy(handle, table.shape, dtype, iter_blocks(model, table, raw=raw))
+    return False
 
 
 def copyable_bytes(model: ModelFile, table: Table, raw: bool = False) -> ByteRange | None:

@@ -205,7 +205,8 @@ def load_vectors(
         elif suffix == ".npz":
             array = _read_npz(handle, path.name, key, rows, dim)
         else:
-            array = _read_text(handle, path.name, "," if suffix == ".csv" else None)
+            delimiter = "," if suffix == ".csv" else None
+            array = _read_text(handle, path.name, delimiter, rows, dim)
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2:
@@ -294,9 +295,16 @@ def _read_npz(handle, name: str, key: str | None, rows: int | None, dim: int | N
             raise BadVectors(f"{name}[{key}]: cannot be read ({exc})") from None
 
 
-def _read_text(handle, name: str, delimiter: str | None) -> np.ndarray:
-    """Plain numbers, one vector a line; a leading UTF-8 byte order mark is skipped."""
-    rows = []
+def _read_text(
+    handle, name: str, delimiter: str | None, rows: int | None = None, dim: int | None = None
+) -> np.ndarray:
+    """Plain numbers, one vector a line; a leading UTF-8 byte order mark is skipped.
+
+    Lines are gathered into float64 blocks as they are read; a line of the wrong length,
+    or more lines than `rows`, is refused when it is met."""
+    blocks: list[np.ndarray] = []
+    pending: list[list[float]] = []
+    count = 0
     width = None
     try:
         text = io.TextIOWrapper(handle, encoding="utf-8-sig")
@@ -313,14 +321,24 @@ def _read_text(handle, name: str, delimiter: str | None) -> np.ndarray:
                 ) from None
             if width is not None and len(row) != width:
                 raise BadVectors(f"{name}, line {number}: {len(row)} values, expected {width}")
+            if width is None:
+                _check_shape(name, (len(row),), None, dim)
             width = len(row)
-            rows.append(row)
+            count += 1
+            if rows is not None and count > rows:
+                raise BadVectors(f"{name} holds more than {rows} vectors; {rows} are needed")
+            pending.append(row)
+            if len(pending) * width >= TEXT_CHUNK_VALUES:
+                blocks.append(np.array(pending, dtype=np.float64))
+                pending = []
         text.detach()
     except UnicodeDecodeError as exc:
         raise BadVectors(f"{name}: not UTF-8 text ({exc.reason})") from None
-    if not rows:
+    if pending:
+        blocks.append(np.array(pending, dtype=np.float64))
+    if not blocks:
         raise BadVectors(f"{name}: holds no vectors")
-    return np.array(rows, dtype=np.float64)
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
 def _parse_number(text: str) -> float:

@@ -275,3 +275,25 @@ def test_a_shard_that_is_a_fifo_is_refused(tmp_path, fifo):
     result = run_cli("layers", str(tmp_path / "k3_sharded.weights.json"), cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+
+
+def test_number_text_is_checked_line_by_line_against_the_table(tmp_path):
+    path = tmp_path / "v.csv"
+    path.write_text("1,2,3\n" + "not numbers at all\n")
+    with pytest.raises(BadVectors, match="v.csv: vectors have 3 values each; the table has dim 2"):
+        load_vectors(path, dim=2)
+    path.write_text("1,2\n3,4\n5,6\nnot numbers at all\n")
+    with pytest.raises(BadVectors, match="v.csv holds more than 2 vectors; 2 are needed"):
+        load_vectors(path, rows=2, dim=2)
+
+
+def test_number_text_in_many_blocks_reads_back_exactly(tmp_path):
+    values = np.random.default_rng(1).standard_normal((70_000, 3))
+    path = tmp_path / "v.txt"
+    path.write_text("".join(" ".join(repr(v) for v in row) + "\n" for row in values.tolist()))
+    loaded = load_vectors(path, rows=70_000, dim=3)
+    assert loaded.dtype == np.float64
+    assert loaded.tobytes() == values.tobytes()
+    column = tmp_path / "c.txt"
+    column.write_text("1\n2\n3\n")
+    assert load_vectors(column).shape == (3, 1)

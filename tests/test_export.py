@@ -243,3 +243,18 @@ def test_text_export_writes_small_pieces_whatever_the_shape(shape):
     )
     assert b"".join(binary.parts) == want
     assert binary.largest <= max(16 * TEXT_CHUNK_VALUES, 4 * shape[1])
+
+
+@pytest.mark.parametrize("name", ["k3_functional.keras", "k3.weights.h5"])
+def test_a_model_replaced_after_opening_is_exported_from_the_file_opened(tmp_path, copies, name):
+    model = tmp_path / name
+    shutil.copyfile(FIXTURES / name, model)
+    impostor = tmp_path / "impostor"
+    impostor.write_bytes(b"\xff" * model.stat().st_size)
+    with open_model(model) as opened:
+        (table,) = [t for t in list_tables(opened) if t.name == "words"]
+        os.replace(impostor, model)
+        export.export_tables(opened, [table], tmp_path / "words.npy")
+    assert copies == []
+    want = expected_tables(name)["words"]
+    assert np.load(tmp_path / "words.npy").tobytes() == want.tobytes()

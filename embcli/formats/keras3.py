@@ -48,6 +48,7 @@ from embcli.guarded import (
     check_directory_size,
     check_folder,
     dataset_bytes,
+    file_identity,
     member_data_offset,
     parse_json,
     read_attr_text,
@@ -247,7 +248,9 @@ class Keras3File(ModelFile):
         source, path = self._source(weight)
         if self._spill is not None:
             return None  # a compressed member, read from a temporary copy
-        return dataset_bytes(source.handle, source.info(path), source.path, source.base_offset)
+        identity = file_identity(self._fd) if self._fd is not None else None
+        info = source.info(path)
+        return dataset_bytes(source.handle, info, source.path, source.base_offset, identity)
 
     def config(self) -> dict | None:
         return self._config

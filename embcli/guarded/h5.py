@@ -55,23 +55,43 @@ class H5Index:
 @dataclass(frozen=True)
 class ByteRange:
     """Where a weight's stored values lie, whole and in row order: `size` bytes of the
-    file at `path` from `offset`, each value in `dtype` (with its byte order)."""
+    file at `path` from `offset`, each value in `dtype` (with its byte order). `identity`
+    is the `(st_dev, st_ino)` of the file the model has open, so that a copy can tell
+    that `path` still names that file."""
 
     path: Path
     offset: int
     size: int
     dtype: np.dtype
+    identity: tuple[int, int]
+
+
+def file_identity(fd: int) -> tuple[int, int]:
+    """`(st_dev, st_ino)` of an open file."""
+    status = os.fstat(fd)
+    return status.st_dev, status.st_ino
 
 
 def dataset_bytes(
-    handle: h5py.File, info: DatasetInfo, path: Path, base_offset: int = 0
+    handle: h5py.File,
+    info: DatasetInfo,
+    path: Path,
+    base_offset: int = 0,
+    identity: tuple[int, int] | None = None,
 ) -> ByteRange | None:
     """Where a checked dataset's bytes lie in `path` (the HDF5 file, or the archive it is a
     stored member of, starting at `base_offset`); None unless they lie there whole and
-    plain: contiguous, every byte written, not bfloat16 marked by an attribute."""
+    plain: contiguous, every byte written, not bfloat16 marked by an attribute.
+
+    `identity` is that of the file the bytes are read from; by default that of the file
+    HDF5 itself has open, which only a handle opened by name has."""
     if not info.contiguous or info.offset is None or info.is_bfloat16:
         return None
     try:
+        if identity is None:
+            if handle.driver != "sec2":
+                return None
+            identity = file_identity(handle.id.get_vfd_handle())
         dataset = handle[info.path]
         dtype = dataset.dtype
         stored = dataset.id.get_storage_size()
@@ -80,7 +100,7 @@ def dataset_bytes(
     size = int(np.prod(info.shape, dtype=np.int64)) * dtype.itemsize
     if stored != size or dtype.fields is not None or dtype.subdtype is not None:
         return None
-    return ByteRange(path, base_offset + info.offset, size, dtype)
+    return ByteRange(path, base_offset + info.offset, size, dtype, identity)
 
 
 def stored_dtype_name(dtype: np.dtype, is_bfloat16: bool) -> str:
