@@ -139,10 +139,16 @@ def csv_field(text: str) -> str:
 def to_csv(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     """RFC 4180 CSV, a header line then one line a row (`\\n`-terminated lines, with no
     final newline); None is an empty field."""
-    lines = [",".join(csv_field(str(h)) for h in headers)]
+    lines = [_csv_line([str(h) for h in headers])]
     for row in rows:
-        lines.append(",".join(csv_field("" if v is None else number_text(v)) for v in row))
+        lines.append(_csv_line(["" if v is None else number_text(v) for v in row]))
     return "\n".join(lines)
+
+
+def _csv_line(fields: list[str]) -> str:
+    if fields == [""]:
+        return '""'  # a lone empty field, which a bare empty line would lose
+    return ",".join(csv_field(f) for f in fields)
 
 
 def vector_text(vector: np.ndarray, separator: str = " ") -> str:

@@ -107,6 +107,7 @@ def test_csv_field_quotes_as_rfc_4180_says(field, written):
     )
 )
 def test_csv_round_trips_any_text(rows):
+    """Rows of two to four fields; a lone empty field is quoted to survive too."""
     headers = [f"c{i}" for i in range(len(rows[0]))]
     assert read_csv(to_csv(rows, headers) + "\n") == [headers, *rows]
 
@@ -232,3 +233,7 @@ def test_silence_stdout_lets_a_closed_pipe_end_quietly():
     reader.stdin.close()
     assert writer.stderr == b""
     assert writer.returncode == BROKEN_PIPE_STATUS
+
+
+def test_csv_keeps_a_lone_empty_field():
+    assert read_csv(to_csv([[""], ["a"]], ["token"]) + "\n") == [["token"], [""], ["a"]]
