@@ -20,6 +20,17 @@ _SLICE = re.compile(rf"^({_INTEGER})?:({_INTEGER})?(?::({_INTEGER})?)?$")
 _LONG_NUMBER = re.compile(rf"[0-9]{{{MAX_DIGITS + 1}}}")
 
 
+def ascii_integer(text: str, what: str = "number") -> int:
+    """An integer written in ASCII digits (at most `MAX_DIGITS`), with an optional sign:
+    `int()` would also take `٣` and other Unicode digits, and thousands of digits."""
+    text = text.strip()
+    if not _INDEX.fullmatch(text):
+        if _LONG_NUMBER.search(text):
+            raise BadRowSpec(f"a {what} has at most {MAX_DIGITS} digits: {_shown(text)}")
+        raise BadRowSpec(f"not a {what}: {_shown(text)}")
+    return int(text)
+
+
 def split_specs(specs: Iterable[str]) -> list[str]:
     """Split each spec on commas and drop empty parts: `["1,2", "5:7"]` -> `["1", "2", "5:7"]`."""
     parts: list[str] = []

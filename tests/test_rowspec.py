@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import numpy as np
@@ -6,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from embcli.errors import BadRowSpec
-from embcli.rowspec import parse_rows
+from embcli.rowspec import ascii_integer, parse_rows
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -129,3 +130,22 @@ def test_cli_refuses_bad_row_numbers_in_one_line(row):
     assert result.output.startswith("Error: ")
     assert result.output.count("\n") == 1
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("text", "value"), [("3", 3), (" -12 ", -12), ("+7", 7), ("0", 0)])
+def test_ascii_integer_reads_ascii_digits(text, value):
+    assert ascii_integer(text) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("\u0663", "not a count: '\u0663'"),
+        ("1.5", "not a count: '1.5'"),
+        ("", "not a count: ''"),
+        ("9" * 30, "a count has at most 18 digits"),
+    ],
+)
+def test_ascii_integer_refuses_the_rest(text, message):
+    with pytest.raises(BadRowSpec, match=re.escape(message)):
+        ascii_integer(text, "count")
