@@ -402,7 +402,7 @@ def test_stats_property(rows, dim, dtype, data, block_bytes):
     got = audit.table_stats(model, model.table, block_bytes=block_bytes)
     assert_stats(got.record(), brute_stats(values))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(audit, "row_hashes", lambda block: np.zeros(len(block), np.uint64))
+        patch.setattr(audit.duplicates, "row_hashes", lambda block: np.zeros(len(block), np.uint64))
         colliding = audit.table_stats(model, model.table, block_bytes=block_bytes)
     assert colliding.duplicate_rows == got.duplicate_rows
 
@@ -416,7 +416,7 @@ def test_duplicates_over_several_passes():
     for block_bytes in (1, 4, 16, 100, 10**6):
         assert audit.count_duplicates(model, model.table, hashes.copy(), block_bytes) == want
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(audit, "row_hashes", lambda block: np.zeros(len(block), np.uint64))
+        patch.setattr(audit.duplicates, "row_hashes", lambda block: np.zeros(len(block), np.uint64))
         colliding = np.zeros(300, np.uint32)
         assert audit.count_duplicates(model, model.table, colliding, 4) == want
 

@@ -1,0 +1,75 @@
+"""Audits of whole tables, read a bounded block at a time: stats, check, diff, neighbors.
+
+Every audit streams a table through `embcli.model.iter_blocks`, so memory stays bounded by
+the block size plus, where a module says so, a fixed budget of its own. Values are the ones
+the model computes with: bfloat16 widened, int8 dequantized. Sums are taken in float64.
+
+One module per job; the submodules' names differ from the functions they hold, so that
+`embcli.audit.diff` is always the function:
+
+- `common`: block size, progress, table selection, row bytes
+- `duplicates`: rows bit-equal to an earlier row
+- `statistics`: `stats`, `table_stats`
+- `checks`: `check`, `table_problems`
+- `comparison`: `diff`, `diff_tables`, `match_tables`
+- `similarity`: `neighbors`, `nearest`
+"""
+
+from embcli.audit.checks import CheckReport, Problem, check, table_problems
+from embcli.audit.common import (
+    AUDIT_BLOCK_BYTES,
+    Progress,
+    audited_tables,
+    report_progress,
+    row_bytes,
+    short_number,
+)
+from embcli.audit.comparison import TableDiff, compare_blocks, diff, diff_tables, match_tables
+from embcli.audit.duplicates import (
+    DUPLICATE_MEMORY_BLOCKS,
+    count_duplicates,
+    row_hashes,
+    short_hashes,
+)
+from embcli.audit.similarity import (
+    METRICS,
+    Neighbor,
+    UnusableQuery,
+    exact_keys,
+    nearest,
+    neighbors,
+    query_vector,
+)
+from embcli.audit.statistics import TableStats, stats, table_stats
+
+__all__ = [
+    "AUDIT_BLOCK_BYTES",
+    "DUPLICATE_MEMORY_BLOCKS",
+    "METRICS",
+    "CheckReport",
+    "Neighbor",
+    "Problem",
+    "Progress",
+    "TableDiff",
+    "TableStats",
+    "UnusableQuery",
+    "audited_tables",
+    "check",
+    "compare_blocks",
+    "count_duplicates",
+    "diff",
+    "diff_tables",
+    "exact_keys",
+    "match_tables",
+    "nearest",
+    "neighbors",
+    "query_vector",
+    "report_progress",
+    "row_bytes",
+    "row_hashes",
+    "short_hashes",
+    "short_number",
+    "stats",
+    "table_problems",
+    "table_stats",
+]

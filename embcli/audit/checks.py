@@ -1,0 +1,136 @@
+"""`check`: the problems that the stats of each table show against the caller's limits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from embcli.audit.common import AUDIT_BLOCK_BYTES, Progress, short_number
+from embcli.audit.statistics import TableStats, table_stats
+from embcli.formats.base import ModelFile, Table
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of `check`: `kind` is nonfinite, max_norm, max_zero_rows or duplicates."""
+
+    table: str
+    kind: str
+    count: int
+    message: str
+
+    def record(self) -> dict:
+        return {
+            "table": self.table,
+            "kind": self.kind,
+            "count": self.count,
+            "message": self.message,
+        }
+
+
+@dataclass
+class CheckReport:
+    """The tables checked, their stats, and the problems found."""
+
+    tables: list[TableStats]
+    problems: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def rows(self) -> int:
+        return sum(s.table.rows for s in self.tables)
+
+    def record(self) -> dict:
+        return {
+            "ok": self.ok,
+            "tables": len(self.tables),
+            "rows": self.rows,
+            "problems": [p.record() for p in self.problems],
+        }
+
+
+def _rows(count: int, singular: str, plural: str) -> str:
+    return f"{count} {singular if count == 1 else plural}"
+
+
+def table_problems(
+    found: TableStats,
+    *,
+    max_norm: float | None = None,
+    max_zero_rows: int | None = None,
+    no_duplicates: bool = False,
+) -> list[Problem]:
+    """What is wrong with one table, given its stats and the user's limits."""
+    name = found.table.name
+    problems = []
+    if found.nonfinite_rows:
+        count = found.nonfinite_rows
+        problems.append(
+            Problem(
+                name,
+                "nonfinite",
+                count,
+                f"{name}: {_rows(count, 'row holds', 'rows hold')} NaN or Inf",
+            )
+        )
+    if max_norm is not None and found.over_norm:
+        count = found.over_norm
+        problems.append(
+            Problem(
+                name,
+                "max_norm",
+                count,
+                f"{name}: {_rows(count, 'row has', 'rows have')} an L2 norm above "
+                f"{short_number(max_norm)} (largest {short_number(found.norm_max or 0.0)})",
+            )
+        )
+    if max_zero_rows is not None and found.zero_rows > max_zero_rows:
+        count = found.zero_rows
+        problems.append(
+            Problem(
+                name,
+                "max_zero_rows",
+                count,
+                f"{name}: {_rows(count, 'all-zero row', 'all-zero rows')}, "
+                f"more than the {max_zero_rows} allowed",
+            )
+        )
+    if no_duplicates and found.duplicate_rows:
+        count = found.duplicate_rows
+        problems.append(
+            Problem(
+                name,
+                "duplicates",
+                count,
+                f"{name}: {_rows(count, 'row duplicates', 'rows duplicate')} an earlier row",
+            )
+        )
+    return problems
+
+
+def check(
+    model: ModelFile,
+    tables: Iterable[Table],
+    *,
+    max_norm: float | None = None,
+    max_zero_rows: int | None = None,
+    no_duplicates: bool = False,
+    block_bytes: int = AUDIT_BLOCK_BYTES,
+    progress: Progress = None,
+) -> CheckReport:
+    """Check tables for NaN/Inf rows and for the limits given."""
+    found = [
+        table_stats(model, t, max_norm=max_norm, block_bytes=block_bytes, progress=progress)
+        for t in tables
+    ]
+    problems = [
+        problem
+        for result in found
+        for problem in table_problems(
+            result, max_norm=max_norm, max_zero_rows=max_zero_rows, no_duplicates=no_duplicates
+        )
+    ]
+    return CheckReport(found, problems)
