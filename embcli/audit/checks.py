@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from embcli.audit.common import AUDIT_BLOCK_BYTES, Progress, short_number
+from embcli.audit.common import (
+    AUDIT_BLOCK_BYTES,
+    Progress,
+    require_count,
+    require_limit,
+    short_number,
+)
 from embcli.audit.statistics import TableStats, table_stats
 from embcli.formats.base import ModelFile, Table
 
@@ -56,6 +62,16 @@ def _rows(count: int, singular: str, plural: str) -> str:
     return f"{count} {singular if count == 1 else plural}"
 
 
+def _checked_limits(
+    max_norm: float | None, max_zero_rows: int | None
+) -> tuple[float | None, int | None]:
+    if max_norm is not None:
+        max_norm = require_limit("max_norm", max_norm)
+    if max_zero_rows is not None:
+        max_zero_rows = require_count("max_zero_rows", max_zero_rows)
+    return max_norm, max_zero_rows
+
+
 def table_problems(
     found: TableStats,
     *,
@@ -63,7 +79,18 @@ def table_problems(
     max_zero_rows: int | None = None,
     no_duplicates: bool = False,
 ) -> list[Problem]:
-    """What is wrong with one table, given its stats and the user's limits."""
+    """What is wrong with one table, given its stats and the user's limits.
+
+    Args:
+        found: the table's stats, computed with the same `max_norm`.
+        max_norm: a problem when some finite row's L2 norm is above this.
+        max_zero_rows: a problem when more rows than this are all zero.
+        no_duplicates: a problem when some row is bit-equal to an earlier one.
+
+    Raises:
+        BadArgument: a limit is NaN or negative.
+    """
+    max_norm, max_zero_rows = _checked_limits(max_norm, max_zero_rows)
     name = found.table.name
     problems = []
     if found.nonfinite_rows:
@@ -121,7 +148,13 @@ def check(
     block_bytes: int = AUDIT_BLOCK_BYTES,
     progress: Progress = None,
 ) -> CheckReport:
-    """Check tables for NaN/Inf rows and for the limits given."""
+    """Check tables for NaN/Inf rows and for the limits given (see `table_problems`).
+
+    Args:
+        block_bytes: the size of the blocks read, as for `iter_blocks`.
+        progress: called with the number of rows after each block.
+    """
+    max_norm, max_zero_rows = _checked_limits(max_norm, max_zero_rows)
     found = [
         table_stats(model, t, max_norm=max_norm, block_bytes=block_bytes, progress=progress)
         for t in tables

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from numbers import Real
 
 import numpy as np
 
+from embcli.errors import BadArgument
 from embcli.formats.base import ModelFile, Table
 from embcli.model import find_table, list_tables
 
@@ -34,3 +37,22 @@ def row_bytes(block: np.ndarray) -> np.ndarray:
 def short_number(value: float) -> str:
     """A float in at most 6 significant digits, for messages."""
     return f"{value:.6g}"
+
+
+def require_limit(name: str, value: float, *, finite: bool = False) -> float:
+    """`value` as a float, or `BadArgument` when it is not a number at least 0 (NaN is
+    refused, and so is infinity where `finite`)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise BadArgument(f"{name} must be a number, not {value!r}")
+    number = float(value)
+    if math.isnan(number) or number < 0 or (finite and math.isinf(number)):
+        kind = "a finite number" if finite else "a number"
+        raise BadArgument(f"{name} must be {kind} at least 0, not {number!r}")
+    return number
+
+
+def require_count(name: str, value: int) -> int:
+    """`value`, or `BadArgument` when it is not a whole number at least 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise BadArgument(f"{name} must be a whole number at least 0, not {value!r}")
+    return int(value)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
-from embcli.audit.common import AUDIT_BLOCK_BYTES, Progress, report_progress, row_bytes
-from embcli.errors import NoSuchTable
+from embcli.audit.common import (
+    AUDIT_BLOCK_BYTES,
+    Progress,
+    report_progress,
+    require_limit,
+    row_bytes,
+)
+from embcli.errors import BadArgument, NoSuchTable
 from embcli.formats.base import ModelFile, Table
 from embcli.model import find_table, iter_blocks, list_tables
 
@@ -58,21 +66,45 @@ def _find_or_none(model: ModelFile, layer: str) -> Table | None:
         return None
 
 
+class TablePair(NamedTuple):
+    """The tables of A and B that share a name; either may be missing."""
+
+    name: str
+    a: Table | None
+    b: Table | None
+
+    @property
+    def comparable(self) -> bool:
+        """Whether both exist with the same shape, so that their rows are compared."""
+        return self.a is not None and self.b is not None and self.a.shape == self.b.shape
+
+
 def match_tables(
     model_a: ModelFile, model_b: ModelFile, layer: str | None = None
-) -> list[tuple[str, Table | None, Table | None]]:
-    """Pairs of tables with the same name: A's tables in order, then those only in B."""
+) -> list[TablePair]:
+    """Pairs of tables with the same name: A's tables in order, then those only in B.
+
+    With `layer`, the one pair it names; `NoSuchTable` when neither model has it.
+    """
     if layer is not None:
         a, b = _find_or_none(model_a, layer), _find_or_none(model_b, layer)
-        if a is None and b is None:
-            find_table(model_a, layer)
-        return [((a or b).name, a, b)]
+        if a is not None:
+            return [TablePair(a.name, a, b)]
+        if b is not None:
+            return [TablePair(b.name, a, b)]
+        find_table(model_a, layer)
+        raise NoSuchTable(f"no table named {layer!r}")  # find_table has raised already
     tables_a = list_tables(model_a)
     tables_b = {t.name: t for t in list_tables(model_b)}
     names_a = {t.name for t in tables_a}
-    pairs = [(t.name, t, tables_b.get(t.name)) for t in tables_a]
-    pairs += [(name, None, t) for name, t in tables_b.items() if name not in names_a]
+    pairs = [TablePair(t.name, t, tables_b.get(t.name)) for t in tables_a]
+    pairs += [TablePair(name, None, t) for name, t in tables_b.items() if name not in names_a]
     return pairs
+
+
+def compared_tables(pairs: Iterable[TablePair]) -> list[Table]:
+    """A's side of the pairs whose rows `diff` compares (for sizing progress reports)."""
+    return [pair.a for pair in pairs if pair.comparable and pair.a is not None]
 
 
 def _native(values: np.ndarray) -> np.ndarray:
@@ -100,7 +132,9 @@ def compare_blocks(
 
     A row differs where some |a-b| > atol, or where a value is NaN on one side only. With
     atol 0 and the same dtype on both sides, any difference in bits counts (-0.0 vs 0.0).
+    `BadArgument` when atol is NaN, infinite or negative.
     """
+    atol = require_limit("atol", atol, finite=True)
     a, b = _native(a), _native(b)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     nan_a, nan_b = np.isnan(a64), np.isnan(b64)
@@ -129,8 +163,22 @@ def diff_tables(
     block_bytes: int = AUDIT_BLOCK_BYTES,
     progress: Progress = None,
 ) -> TableDiff:
-    """Compare one table of A with one of B, streaming both a block at a time."""
-    name = name or (a or b).name
+    """Compare one table of A with one of B, streaming both a block at a time.
+
+    Args:
+        a, b: the tables; a missing one (None) makes the result only_in_a or only_in_b.
+        name: the name to report, by default the tables' own.
+        atol: count a value as changed only when it moved by more than this; 0 counts
+            any change of bits. `BadArgument` when NaN, infinite or negative.
+        block_bytes: the size of the blocks read, as for `iter_blocks`.
+        progress: called with the number of rows after each block compared.
+    """
+    atol = require_limit("atol", atol, finite=True)
+    if name is None:
+        known = a if a is not None else b
+        if known is None:
+            raise BadArgument("diff_tables needs at least one of the two tables")
+        name = known.name
     if a is None:
         return TableDiff(name, "only_in_b", a, b)
     if b is None:
@@ -160,6 +208,32 @@ def diff_tables(
     return TableDiff(name, status, a, b, True, changed_rows, max_abs, min_cosine)
 
 
+def diff_pairs(
+    model_a: ModelFile,
+    model_b: ModelFile,
+    pairs: Iterable[TablePair],
+    *,
+    atol: float = 0.0,
+    block_bytes: int = AUDIT_BLOCK_BYTES,
+    progress: Progress = None,
+) -> list[TableDiff]:
+    """`diff_tables` of each pair that `match_tables` found."""
+    atol = require_limit("atol", atol, finite=True)
+    return [
+        diff_tables(
+            model_a,
+            pair.a,
+            model_b,
+            pair.b,
+            name=pair.name,
+            atol=atol,
+            block_bytes=block_bytes,
+            progress=progress,
+        )
+        for pair in pairs
+    ]
+
+
 def diff(
     model_a: ModelFile,
     model_b: ModelFile,
@@ -169,10 +243,11 @@ def diff(
     block_bytes: int = AUDIT_BLOCK_BYTES,
     progress: Progress = None,
 ) -> list[TableDiff]:
-    """Compare the tables of two models, matched by name (or the one `layer` names)."""
-    return [
-        diff_tables(
-            model_a, a, model_b, b, name=name, atol=atol, block_bytes=block_bytes, progress=progress
-        )
-        for name, a, b in match_tables(model_a, model_b, layer)
-    ]
+    """Compare the tables of two models, matched by name (or the one `layer` names).
+
+    See `diff_tables` for `atol`, `block_bytes` and `progress`.
+    """
+    pairs = match_tables(model_a, model_b, layer)
+    return diff_pairs(
+        model_a, model_b, pairs, atol=atol, block_bytes=block_bytes, progress=progress
+    )

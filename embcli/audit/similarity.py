@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from embcli.audit.common import AUDIT_BLOCK_BYTES, Progress, report_progress
-from embcli.errors import EmbcliError
+from embcli.errors import BadArgument, EmbcliError, NoVocabulary
 from embcli.formats.base import ModelFile, Table
 from embcli.model import iter_blocks, read_rows
+from embcli.rowspec import parse_rows
+from embcli.vocab import Vocabulary, require_vocabulary, table_vocabulary, token_rows
 
 METRICS = ("cosine", "dot", "l2")
 
@@ -120,6 +122,13 @@ def _kth_largest(values: np.ndarray, k: int) -> float:
     return float(np.partition(values, len(values) - k)[len(values) - k])
 
 
+def _check_search(k: int, metric: str) -> None:
+    if metric not in METRICS:
+        raise BadArgument(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise BadArgument(f"k must be a whole number at least 1, not {k!r}")
+
+
 def nearest(
     blocks: Iterable[tuple[int, np.ndarray]],
     query: np.ndarray,
@@ -139,8 +148,7 @@ def nearest(
         metric: cosine (similarity), dot (product) or l2 (distance: smaller is nearer).
         exclude: a row left out, usually the query's own.
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}")
+    _check_search(k, metric)
     query = np.asarray(query, dtype=np.float64)
     screen = _Screen.make(query, metric)
     best_keys = np.empty(0, dtype=np.float64)
@@ -194,7 +202,66 @@ def neighbors(
     block_bytes: int = AUDIT_BLOCK_BYTES,
     progress: Progress = None,
 ) -> list[Neighbor]:
-    """The k rows of `table` nearest row `row` (which is left out), best first."""
+    """The k rows of `table` nearest row `row` (which is left out), best first.
+
+    Args:
+        row: the query's row; negative rows count from the end.
+        k: how many neighbors, at most.
+        metric: cosine (similarity), dot (product) or l2 (distance: smaller is nearer).
+        block_bytes: the size of the blocks read, as for `iter_blocks`.
+        progress: called with the number of rows after each block.
+
+    Raises:
+        UnusableQuery: the row holds NaN or Inf, or is all zeros for cosine.
+        BadRowSpec: the row is outside the table.
+        BadArgument: k or metric is not one of those allowed.
+    """
+    _check_search(k, metric)
+    row = query_row(table, row)
     query = query_vector(model, table, row, metric)
     blocks = iter_blocks(model, table, block_bytes=block_bytes)
     return nearest(blocks, query, k, metric, exclude=row, progress=progress)
+
+
+def query_vocabulary(
+    model: ModelFile,
+    table: Table,
+    token: str | None = None,
+    vocab_path: str | None = None,
+    vocab_column: str | None = None,
+) -> Vocabulary | None:
+    """The vocabulary that names the rows of a neighbors query: the file given, else the
+    model's own. It is required (`NoVocabulary`) when the query is a token.
+
+    Args:
+        token: the token asked about, if the query is one.
+        vocab_path, vocab_column: a vocabulary file, as for `embcli.vocab.table_vocabulary`.
+    """
+    if token is not None:
+        return require_vocabulary(model, table, vocab_path, vocab_column)
+    return table_vocabulary(model, table, vocab_path, vocab_column)
+
+
+def query_row(
+    table: Table,
+    row: int | None = None,
+    token: str | None = None,
+    vocabulary: Vocabulary | None = None,
+) -> int:
+    """The row a neighbors query asks about, from 0: `row` (negative counts from the end)
+    or the row of `token` in `vocabulary` (from `query_vocabulary`).
+
+    Raises:
+        BadArgument: neither or both of `row` and `token` are given.
+        BadRowSpec: the row is outside the table.
+        NoVocabulary, UnknownToken: the token's row is not known, or beyond the table.
+    """
+    if (row is None) == (token is None):
+        raise BadArgument("give either a row or a token to ask about")
+    if token is not None:
+        if vocabulary is None:
+            raise NoVocabulary(f"no vocabulary is known for {table.name}", remedy="vocab")
+        return int(token_rows(vocabulary, table, [token])[0])
+    if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
+        raise BadArgument(f"a row is a whole number, not {row!r}")
+    return int(parse_rows([str(int(row))], table.rows)[0])

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embcli.audit.common import AUDIT_BLOCK_BYTES, Progress, report_progress
+from embcli.audit.common import AUDIT_BLOCK_BYTES, Progress, report_progress, require_limit
 from embcli.audit.duplicates import count_duplicates, short_hashes
 from embcli.formats.base import ModelFile, Table
 from embcli.model import iter_blocks
@@ -168,10 +168,13 @@ def table_stats(
     Memory holds one block and a 4-byte hash per row (for finding duplicates).
 
     Args:
-        max_norm: also count the finite rows whose L2 norm exceeds this (`over_norm`).
+        max_norm: also count the finite rows whose L2 norm exceeds this (`over_norm`);
+            `BadArgument` when NaN or negative.
         block_bytes: the size of the blocks read, as for `iter_blocks`.
         progress: called with the number of rows after each block.
     """
+    if max_norm is not None:
+        max_norm = require_limit("max_norm", max_norm)
     accumulator = _StatsAccumulator(max_norm=max_norm)
     hashes = np.empty(table.rows, dtype=np.uint32)
     for start, block in iter_blocks(model, table, block_bytes=block_bytes):
