@@ -37,7 +37,9 @@ from embcli.audit.comparison import (
     match_tables,
 )
 from embcli.audit.duplicates import (
+    DUPLICATE_HASH_BYTES,
     DUPLICATE_MEMORY_BLOCKS,
+    DuplicateFinder,
     count_duplicates,
     row_hashes,
     short_hashes,
@@ -57,9 +59,11 @@ from embcli.audit.statistics import TableStats, stats, table_stats
 
 __all__ = [
     "AUDIT_BLOCK_BYTES",
+    "DUPLICATE_HASH_BYTES",
     "DUPLICATE_MEMORY_BLOCKS",
     "METRICS",
     "CheckReport",
+    "DuplicateFinder",
     "Neighbor",
     "Problem",
     "Progress",

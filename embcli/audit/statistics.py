@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embcli.audit.common import AUDIT_BLOCK_BYTES, Progress, report_progress, require_limit
-from embcli.audit.duplicates import count_duplicates, short_hashes
+from embcli.audit.duplicates import DUPLICATE_HASH_BYTES, DuplicateFinder
 from embcli.formats.base import ModelFile, Table
 from embcli.model import iter_blocks
 
@@ -161,28 +161,32 @@ def table_stats(
     *,
     max_norm: float | None = None,
     block_bytes: int = AUDIT_BLOCK_BYTES,
+    hash_bytes: int = DUPLICATE_HASH_BYTES,
     progress: Progress = None,
 ) -> TableStats:
     """Counts and moments of one table, streamed a block at a time.
 
-    Memory holds one block and a 4-byte hash per row (for finding duplicates).
+    Memory holds one block and, for finding duplicates, at most `hash_bytes` of row keys
+    (see `embcli.audit.duplicates`): a table of more than about `0.15 * hash_bytes` rows
+    is read once more for every that many rows.
 
     Args:
         max_norm: also count the finite rows whose L2 norm exceeds this (`over_norm`);
             `BadArgument` when NaN or negative.
         block_bytes: the size of the blocks read, as for `iter_blocks`.
-        progress: called with the number of rows after each block.
+        hash_bytes: the memory for duplicate finding's keys.
+        progress: called with the number of rows after each block of the first pass.
     """
     if max_norm is not None:
         max_norm = require_limit("max_norm", max_norm)
     accumulator = _StatsAccumulator(max_norm=max_norm)
-    hashes = np.empty(table.rows, dtype=np.uint32)
-    for start, block in iter_blocks(model, table, block_bytes=block_bytes):
+    duplicates = DuplicateFinder(table, block_bytes=block_bytes, hash_bytes=hash_bytes)
+    for _, block in iter_blocks(model, table, block_bytes=block_bytes):
         accumulator.add(block)
-        hashes[start : start + len(block)] = short_hashes(block)
+        duplicates.add(block)
         report_progress(progress, len(block))
-    duplicates = count_duplicates(model, table, hashes, block_bytes)
-    return accumulator.result(table, duplicates)
+    duplicates.end_pass()
+    return accumulator.result(table, duplicates.finish(model, table, block_bytes))
 
 
 def stats(
