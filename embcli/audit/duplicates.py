@@ -130,10 +130,25 @@ class _KeySet:
         return True
 
     def repeated(self) -> np.ndarray:
-        """The keys added more than once, sorted."""
+        """The keys added more than once, sorted, in an array of their own (counted first,
+        so that no temporary as large as the set is needed)."""
         self._compact()
         held = self.keys[: self.size]
-        return held[1:][held[1:] == held[:-1]]
+        slices = [
+            slice(at, min(at + _COMPACTION_KEYS, self.size - 1))
+            for at in range(0, self.size - 1, _COMPACTION_KEYS)
+        ]
+        count = sum(
+            int(np.count_nonzero(held[part] == held[part.start + 1 : part.stop + 1]))
+            for part in slices
+        )
+        found = np.empty(count, dtype=np.uint32)
+        filled = 0
+        for part in slices:
+            piece = held[part][held[part] == held[part.start + 1 : part.stop + 1]]
+            found[filled : filled + len(piece)] = piece
+            filled += len(piece)
+        return found
 
     def _compact(self) -> None:
         """Sort the keys and keep at most two copies of each, a slice at a time, in place."""
