@@ -11,15 +11,18 @@ One module per job; the submodules' names differ from the functions they hold, s
 - `duplicates`: rows bit-equal to an earlier row
 - `statistics`: `stats`, `table_stats`
 - `checks`: `check`, `table_problems`
+- `consistency`: `vocabulary_problems`, and the hook for the config's `input_dim`
 - `comparison`: `diff`, `diff_tables`, `match_tables`
 - `similarity`: `neighbors`, `nearest`
 """
 
-from embcli.audit.checks import CheckReport, Problem, check, table_problems
+from embcli.audit.checks import CheckReport, check, table_problems
 from embcli.audit.common import (
     AUDIT_BLOCK_BYTES,
+    Problem,
     Progress,
     audited_tables,
+    counted,
     report_progress,
     require_count,
     require_limit,
@@ -36,6 +39,7 @@ from embcli.audit.comparison import (
     diff_tables,
     match_tables,
 )
+from embcli.audit.consistency import declared_rows, repeated_tokens, vocabulary_problems
 from embcli.audit.duplicates import (
     DUPLICATE_HASH_BYTES,
     DUPLICATE_MEMORY_BLOCKS,
@@ -75,7 +79,9 @@ __all__ = [
     "check",
     "compare_blocks",
     "compared_tables",
+    "counted",
     "count_duplicates",
+    "declared_rows",
     "diff",
     "diff_pairs",
     "diff_tables",
@@ -86,6 +92,7 @@ __all__ = [
     "query_row",
     "query_vector",
     "query_vocabulary",
+    "repeated_tokens",
     "report_progress",
     "require_count",
     "require_limit",
@@ -96,4 +103,5 @@ __all__ = [
     "stats",
     "table_problems",
     "table_stats",
+    "vocabulary_problems",
 ]

@@ -7,31 +7,16 @@ from dataclasses import dataclass
 
 from embcli.audit.common import (
     AUDIT_BLOCK_BYTES,
+    Problem,
     Progress,
+    counted,
     require_count,
     require_limit,
     short_number,
 )
+from embcli.audit.consistency import vocabulary_problems
 from embcli.audit.statistics import TableStats, table_stats
 from embcli.formats.base import ModelFile, Table
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding of `check`: `kind` is nonfinite, max_norm, max_zero_rows or duplicates."""
-
-    table: str
-    kind: str
-    count: int
-    message: str
-
-    def record(self) -> dict:
-        return {
-            "table": self.table,
-            "kind": self.kind,
-            "count": self.count,
-            "message": self.message,
-        }
 
 
 @dataclass
@@ -56,10 +41,6 @@ class CheckReport:
             "rows": self.rows,
             "problems": [p.record() for p in self.problems],
         }
-
-
-def _rows(count: int, singular: str, plural: str) -> str:
-    return f"{count} {singular if count == 1 else plural}"
 
 
 def _checked_limits(
@@ -100,7 +81,7 @@ def table_problems(
                 name,
                 "nonfinite",
                 count,
-                f"{name}: {_rows(count, 'row holds', 'rows hold')} NaN or Inf",
+                f"{name}: {counted(count, 'row holds', 'rows hold')} NaN or Inf",
             )
         )
     if max_norm is not None and found.over_norm:
@@ -110,7 +91,7 @@ def table_problems(
                 name,
                 "max_norm",
                 count,
-                f"{name}: {_rows(count, 'row has', 'rows have')} an L2 norm above "
+                f"{name}: {counted(count, 'row has', 'rows have')} an L2 norm above "
                 f"{short_number(max_norm)} (largest {short_number(found.norm_max or 0.0)})",
             )
         )
@@ -121,7 +102,7 @@ def table_problems(
                 name,
                 "max_zero_rows",
                 count,
-                f"{name}: {_rows(count, 'all-zero row', 'all-zero rows')}, "
+                f"{name}: {counted(count, 'all-zero row', 'all-zero rows')}, "
                 f"more than the {max_zero_rows} allowed",
             )
         )
@@ -132,7 +113,7 @@ def table_problems(
                 name,
                 "duplicates",
                 count,
-                f"{name}: {_rows(count, 'row duplicates', 'rows duplicate')} an earlier row",
+                f"{name}: {counted(count, 'row duplicates', 'rows duplicate')} an earlier row",
             )
         )
     return problems
@@ -145,12 +126,15 @@ def check(
     max_norm: float | None = None,
     max_zero_rows: int | None = None,
     no_duplicates: bool = False,
+    vocab_consistent: bool = False,
     block_bytes: int = AUDIT_BLOCK_BYTES,
     progress: Progress = None,
 ) -> CheckReport:
     """Check tables for NaN/Inf rows and for the limits given (see `table_problems`).
 
     Args:
+        vocab_consistent: also check each table against its vocabulary, where the model
+            has one (see `embcli.audit.consistency.vocabulary_problems`).
         block_bytes: the size of the blocks read, as for `iter_blocks`.
         progress: called with the number of rows after each block.
     """
@@ -159,11 +143,11 @@ def check(
         table_stats(model, t, max_norm=max_norm, block_bytes=block_bytes, progress=progress)
         for t in tables
     ]
-    problems = [
-        problem
-        for result in found
-        for problem in table_problems(
+    problems = []
+    for result in found:
+        problems += table_problems(
             result, max_norm=max_norm, max_zero_rows=max_zero_rows, no_duplicates=no_duplicates
         )
-    ]
+        if vocab_consistent:
+            problems += vocabulary_problems(model, result.table)
     return CheckReport(found, problems)

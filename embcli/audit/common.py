@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from numbers import Real
 
 import numpy as np
@@ -15,6 +16,30 @@ from embcli.model import find_table, list_tables
 AUDIT_BLOCK_BYTES = 8 * 1024 * 1024
 
 Progress = Callable[[int], None] | None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of `check`: `kind` is nonfinite, max_norm, max_zero_rows, duplicates,
+    vocab_size, vocab_duplicates or input_dim."""
+
+    table: str
+    kind: str
+    count: int
+    message: str
+
+    def record(self) -> dict:
+        return {
+            "table": self.table,
+            "kind": self.kind,
+            "count": self.count,
+            "message": self.message,
+        }
+
+
+def counted(count: int, singular: str, plural: str) -> str:
+    """`1 row holds`, `2 rows hold`: a count with the words that agree with it."""
+    return f"{count} {singular if count == 1 else plural}"
 
 
 def report_progress(progress: Progress, rows: int) -> None:

@@ -141,6 +141,12 @@ def stats(model: str, layer: str | None, as_json: bool) -> None:
     help="Fail when a table has more than N all-zero rows.",
 )
 @click.option("--no-duplicates", is_flag=True, help="Fail when a row repeats an earlier row.")
+@click.option(
+    "--vocab-consistent",
+    is_flag=True,
+    help="Fail when a table's vocabulary (the model's own) has another number of tokens "
+    "than the table has rows, or repeats a token.",
+)
 @json_option
 def check(
     model: str,
@@ -148,6 +154,7 @@ def check(
     max_norm: float | None,
     max_zero_rows: int | None,
     no_duplicates: bool,
+    vocab_consistent: bool,
     as_json: bool,
 ) -> None:
     """Check every embedding table (or the one -l names) for rows holding NaN or Inf,
@@ -158,6 +165,7 @@ def check(
     Example:
         embcli check model.keras
         embcli check model.keras --max-norm 10 --max-zero-rows 1 --no-duplicates
+        embcli check model.keras --vocab-consistent
     """
     from embcli.audit import audited_tables
     from embcli.audit import check as check_tables
@@ -173,6 +181,7 @@ def check(
                 max_norm=max_norm,
                 max_zero_rows=max_zero_rows,
                 no_duplicates=no_duplicates,
+                vocab_consistent=vocab_consistent,
                 progress=update,
             )
     if as_json:
