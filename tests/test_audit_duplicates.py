@@ -125,6 +125,18 @@ def test_many_ranges_take_one_pass_each_plus_one_to_compare():
     assert small_blocks.passes == 3
 
 
+@pytest.mark.parametrize(
+    ("rows", "ranges"), [(0, 1), (9_786_708, 1), (9_786_709, 2), (100_000_000, 11)]
+)
+def test_ranges_at_the_default_budget(rows, ranges):
+    """The figures the module's docstring gives for DUPLICATE_HASH_BYTES = 64 MiB."""
+    table = Table("t", "t", "Embedding", (rows, 8), "float32", "t")
+    finder = audit.DuplicateFinder(table)
+    assert audit.DUPLICATE_HASH_BYTES == 64 * 1024 * 1024
+    assert 1 + len(finder._ranges) == planned_ranges(rows, audit.DUPLICATE_HASH_BYTES) == ranges
+    assert finder._keys.capacity * 4 <= audit.DUPLICATE_HASH_BYTES * 2 / 3
+
+
 def test_distinct_rows_need_no_comparison_pass():
     values = np.arange(3000, dtype=np.float32).reshape(1000, 3)
     model = MemoryModel(values)

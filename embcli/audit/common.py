@@ -1,4 +1,5 @@
-"""What the audits share: the block size, progress reports, table selection, row bytes."""
+"""What the audits share: block size, progress, table selection, row bytes, the checks on
+limits, and the `Problem` that `check` reports."""
 
 from __future__ import annotations
 

@@ -7,12 +7,14 @@ copies of each, so that a key seen twice is known to repeat. The rows whose key 
 are then compared byte for byte (during the next pass, with the first row of each key
 kept), so that hash collisions never count as duplicates.
 
-Cost: a table of R rows takes about R / (0.58 * DUPLICATE_HASH_BYTES / 4) passes (one
-when R is below about 9.8 million at 64 MiB), plus one to compare candidates; `stats`
-reads the first pass anyway. Memory: `DUPLICATE_HASH_BYTES` for keys and candidates,
-`DUPLICATE_MEMORY_BLOCKS` blocks for the candidates' first rows, one block in flight, and
-the distinct rows that share a key with another row (for data that is not crafted to
-collide, a few thousand per range at most).
+Cost: a table of R rows takes ceil(R / (0.58 * DUPLICATE_HASH_BYTES / 4)) passes, one
+per range (one below about 9.8 million rows at 64 MiB, 11 at 100 million), and one more to
+compare the last range's candidates (more where a range's candidates' first rows exceed
+`DUPLICATE_MEMORY_BLOCKS` blocks, or where a range overflows and is halved); `stats`
+makes the first pass anyway. Memory:
+`DUPLICATE_HASH_BYTES` for keys and candidates, `DUPLICATE_MEMORY_BLOCKS` blocks for the
+candidates' first rows, one block in flight, and the distinct rows that share a key with
+another row (for data not crafted to collide, a few thousand per range).
 """
 
 from __future__ import annotations
