@@ -27,6 +27,7 @@ MODES = [
     ("int4-per-channel-none", "int4", None),
     ("int4-block4", "int4", 4),
     ("int4-block3", "int4", 3),
+    ("int4-block2", "int4", 2),  # at dim 9: as many groups as packed bytes
 ]
 ENCODING_OF = {
     "int8": "int8",
@@ -35,6 +36,7 @@ ENCODING_OF = {
     "int4-per-channel-none": "int4",
     "int4-block4": "int4-grouped",
     "int4-block3": "int4-grouped",
+    "int4-block2": "int4-grouped",
 }
 # (name, layer factory arguments)
 LAYERS = [

@@ -117,8 +117,15 @@ def block_size_from_group_index(g_idx: np.ndarray) -> int:
 class Codec(Protocol):
     """How one stored encoding turns into the values the model computes with, and back."""
 
-    name: str
-    dim: int
+    @property
+    def name(self) -> str:
+        """The encoding: "float", "int8", "int4" or "int4-grouped"."""
+        ...
+
+    @property
+    def dim(self) -> int:
+        """Values per table row."""
+        ...
 
     def roles(self) -> tuple[str, ...]:
         """The stored parts this encoding is made of, in the order Keras saves them."""

@@ -276,8 +276,18 @@ def _match(
     return dict(zip(roles, ordered, strict=True))
 
 
-def _dims_to_try(encoding: str, variables: Sequence[VariableInfo]) -> list[int]:
-    first = variables[0]
+def _values_variable(variables: Sequence[VariableInfo]) -> VariableInfo | None:
+    """The embeddings: the one named so where names are recorded, else the first."""
+    names = [_short_name(v.name) for v in variables]
+    if variables and all(names):
+        named = [v for v, name in zip(variables, names, strict=True) if name == "embeddings"]
+        return named[0] if len(named) == 1 else None
+    return variables[0] if variables else None
+
+
+def _dims_to_try(
+    encoding: str, first: VariableInfo, variables: Sequence[VariableInfo]
+) -> list[int]:
     if len(first.shape) != 2:
         return []
     if encoding in (FLOAT, INT8):
@@ -288,7 +298,12 @@ def _dims_to_try(encoding: str, variables: Sequence[VariableInfo]) -> list[int]:
     return [d for d in (2 * first.shape[1] - 1, 2 * first.shape[1]) if d > 0]
 
 
-def _codec(candidate: _Candidate, parts: Mapping[str, VariableInfo], policy: Policy | None):
+def _codec(
+    candidate: _Candidate,
+    parts: Mapping[str, VariableInfo],
+    policy: Policy | None,
+    reverse: bool,
+) -> Codec:
     compute = policy.compute_dtype if policy is not None else None
     values = parts[VALUES]
     if candidate.encoding == FLOAT:
@@ -299,7 +314,7 @@ def _codec(candidate: _Candidate, parts: Mapping[str, VariableInfo], policy: Pol
         return Int8Codec(candidate.dim, scale.dtype, compute)
     if candidate.encoding == INT4:
         return Int4Codec(candidate.dim, scale.dtype, compute)
-    groups = scale.shape[-1] if values.shape[0] == scale.shape[0] else scale.shape[0]
+    groups = scale.shape[0] if reverse else scale.shape[1]
     return Int4GroupedCodec(
         candidate.dim, groups, candidate.block_size, scale.dtype, parts[ZERO].dtype, compute
     )
@@ -325,7 +340,7 @@ def _table(
         else:
             axis = 0
         parts[role] = StoredPart(role, info, axis)
-    codec: Codec = _codec(candidate, infos, policy)
+    codec = _codec(candidate, infos, policy, reverse)
     return TableCodec(codec, parts, rows, candidate.dim, reverse)
 
 
@@ -370,9 +385,10 @@ def detect_codecs(
         if (rows_hint, dim_hint) not in ((None, None), tuple(dims)):
             raise UnsupportedEdit("the layer's config and the given sizes disagree")
         rows_hint, dim_hint = dims
-    if not variables or len(variables[0].shape) != 2:
+    first = _values_variable(variables)
+    if first is None or len(first.shape) != 2:
         raise UnsupportedEdit("the layer holds no table")
-    rows = variables[0].shape[0]
+    rows = first.shape[0]
     if rows_hint is not None and rows != rows_hint:
         raise UnsupportedEdit("the layer's table does not have the rows its config gives")
     ties = [True, False]
@@ -385,7 +401,7 @@ def detect_codecs(
     block_size = known.block_size if known is not None else None
     found = []
     for encoding in encodings:
-        for dim in _dims_to_try(encoding, variables):
+        for dim in _dims_to_try(encoding, first, variables):
             if dim_hint is not None and dim != dim_hint:
                 continue
             for tied in ties:
