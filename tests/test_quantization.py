@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from embcli.errors import EmbcliError, MalformedFile, UnsupportedEdit
+from embcli.errors import BadVectors, EmbcliError, MalformedFile, NonFiniteValues, UnsupportedEdit
 from embcli.quantization import (
     FloatCodec,
     Int4Codec,
@@ -458,3 +458,26 @@ def test_any_evidence_gives_codecs_or_a_library_error(variables, entry, dim, tie
     for table in found.tables():
         assert table.rows >= 0 and table.dim >= 1
         assert math.prod(table.shape) == table.rows * table.dim
+
+
+@pytest.mark.parametrize(
+    "codec", [Int8Codec(3), Int4Codec(3), Int4GroupedCodec(3, 2, 2)], ids=lambda c: c.name
+)
+def test_quantized_tables_refuse_what_they_cannot_hold(codec):
+    with pytest.raises(NonFiniteValues):
+        codec.encode(np.array([[1.0, np.nan, 0.0]], np.float32))
+    with pytest.raises(NonFiniteValues):
+        codec.encode(np.array([[1e39, 0.0, 0.0]], np.float64))  # inf once held as float32
+    with pytest.raises(BadVectors):
+        codec.encode(np.array([["a", "b", "c"]]))
+    assert all(len(array) == 0 for array in codec.encode(np.zeros((0, 3), np.float32)).values())
+
+
+@pytest.mark.parametrize(
+    "codec", [Int8Codec(3), Int4Codec(3), Int4GroupedCodec(3, 2, 2)], ids=lambda c: c.name
+)
+def test_new_rows_are_held_in_the_variable_dtype_first(codec):
+    """A float layer holding float64 rows holds them as float32, so quantize sees those."""
+    wide = np.array([[0.1, -0.7, 1 / 3]], np.float64)
+    for role, array in codec.encode(wide).items():
+        assert array.tobytes() == codec.encode(wide.astype(np.float32))[role].tobytes()

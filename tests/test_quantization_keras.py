@@ -12,9 +12,18 @@ import h5py
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-from embcli.quantization import VariableInfo, detect_codecs
-from embcli.quantization.codecs import numpy_dtype
+from embcli.quantization import (
+    Int4Codec,
+    Int4GroupedCodec,
+    Int8Codec,
+    VariableInfo,
+    detect_codecs,
+)
+from embcli.quantization.codecs import canonical_group_index, group_count, numpy_dtype
 
 pytestmark = pytest.mark.keras
 
@@ -257,3 +266,75 @@ def test_keras_hub_backbone_is_read_through_its_policy_map(tmp_path, mode):
     computed = np.asarray(layer(np.arange(ROWS)[:, None]))[:, 0, :]
     assert_same_bits(table.decode(part_arrays(table, arrays)), computed)
     assert_same_bits(back.decode(part_arrays(back, arrays)), keras_reverse_values(layer).T)
+
+
+awkward = st.one_of(
+    st.floats(-1e6, 1e6, width=32, allow_nan=False),
+    st.sampled_from([0.0, -0.0, 1e-30, -1e-38, 3.0e38, 1.0, -1.0]),
+)
+float_tables = hnp.arrays(
+    np.float32, st.tuples(st.integers(1, 5), st.integers(1, 19)), elements=awkward
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(float_tables)
+def test_per_row_encodings_equal_keras_quantizers(values):
+    from keras import quantizers
+
+    quantized, scale = quantizers.abs_max_quantize(values, axis=-1, to_numpy=True)
+    mine = Int8Codec(values.shape[1]).encode(values)
+    assert_same_bits(mine["values"], np.asarray(quantized))
+    assert_same_bits(mine["scale"], np.asarray(scale)[:, 0])
+
+    quantized, scale = quantizers.abs_max_quantize(
+        values, axis=-1, value_range=(-8, 7), dtype="int8", to_numpy=True
+    )
+    packed, _, _ = quantizers.pack_int4(quantized, axis=-1)
+    mine = Int4Codec(values.shape[1]).encode(values)
+    assert_same_bits(mine["values"], np.asarray(packed))
+    assert_same_bits(mine["scale"], np.asarray(scale)[:, 0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(float_tables, st.integers(1, 9))
+def test_grouped_encoding_equals_keras_quantizer(values, block):
+    from keras import quantizers
+
+    quantized, scale, zero = quantizers.abs_max_quantize_grouped_with_zero_point(
+        values.T, block_size=block, value_range=(-8, 7), dtype="int8", to_numpy=True
+    )
+    packed, _, _ = quantizers.pack_int4(np.asarray(quantized).T, axis=-1)
+    dim = values.shape[1]
+    mine = Int4GroupedCodec(dim, group_count(dim, block), block).encode(values)
+    assert_same_bits(mine["values"], np.asarray(packed))
+    assert_same_bits(mine["scale"], np.asarray(scale).T)
+    assert_same_bits(mine["zero"], np.asarray(zero).T)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hnp.arrays(np.int8, st.tuples(st.integers(1, 5), st.integers(1, 10))),
+    st.integers(0, 1),
+    st.integers(1, 6),
+    st.data(),
+)
+def test_decoding_equals_keras_for_any_stored_bytes(packed, odd, block, data):
+    from keras import ops, quantizers
+    from keras.src.quantizers.quantizers import dequantize_with_sz_map
+
+    rows, dim = packed.shape[0], 2 * packed.shape[1] - odd
+    groups = group_count(dim, block)
+    positive = st.floats(2.0**-20, 2.0**20, width=32)
+    scale = data.draw(hnp.arrays(np.float32, (rows, groups), elements=positive))
+    zero = data.draw(hnp.arrays(np.int8, (rows, groups), elements=st.integers(-8, 7)))
+    g_idx = canonical_group_index(dim, block)
+    unpacked = ops.cast(quantizers.unpack_int4(packed, dim, axis=-1), "float32")
+    expected = dequantize_with_sz_map(unpacked, scale, zero, g_idx, group_axis=-1)
+    blocks = {"values": packed, "scale": scale, "zero": zero, "g_idx": g_idx}
+    mine = Int4GroupedCodec(dim, groups, block).decode(blocks)
+    assert_same_bits(mine, ops.convert_to_numpy(expected))
+
+    per_row = ops.divide(unpacked, ops.expand_dims(scale[:, 0], -1))
+    mine = Int4Codec(dim).decode({"values": packed, "scale": scale[:, 0]})
+    assert_same_bits(mine, ops.convert_to_numpy(per_row))

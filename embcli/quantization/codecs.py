@@ -20,7 +20,8 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
-from embcli.errors import MalformedFile, UnsupportedEdit
+from embcli.dtypes import is_bfloat16
+from embcli.errors import BadVectors, MalformedFile, NonFiniteValues, UnsupportedEdit
 
 VALUES = "values"
 SCALE = "scale"
@@ -152,6 +153,19 @@ def _check_width(values: np.ndarray, dim: int) -> None:
         raise UnsupportedEdit(f"rows of {values.shape[1:]} values do not fit a table of dim {dim}")
 
 
+def _held(values: np.ndarray, dim: int, dtype: str) -> np.ndarray:
+    """New rows as the float layer `quantize` starts from would hold them: cast to the
+    variable dtype (the dtype Keras stores the scales in), and finite."""
+    values = np.asarray(values)
+    _check_width(values, dim)
+    if values.dtype.kind not in "fiub" and not is_bfloat16(values.dtype):
+        raise BadVectors(f"vectors of dtype {values.dtype} are not numbers")
+    held = values.astype(numpy_dtype(dtype))
+    if not np.all(np.isfinite(held.astype(np.float32))):
+        raise NonFiniteValues("a quantized table cannot hold NaN or Inf")
+    return held
+
+
 @dataclass(frozen=True)
 class FloatCodec:
     """An unquantized table: stored values are the model's values."""
@@ -202,9 +216,9 @@ class Int8Codec:
         )
 
     def encode(self, values: np.ndarray) -> dict[str, np.ndarray]:
-        values = np.asarray(values)
-        _check_width(values, self.dim)
-        quantized, scale = _abs_max_quantize(values, INT8_RANGE)
+        values = _held(values, self.dim, self.scale_dtype)
+        with np.errstate(all="ignore"):
+            quantized, scale = _abs_max_quantize(values, INT8_RANGE)
         return {VALUES: quantized, SCALE: scale.astype(numpy_dtype(self.scale_dtype))}
 
 
@@ -213,7 +227,8 @@ def _divide_by_row_scale(
 ) -> np.ndarray:
     work = arithmetic_dtype(compute_dtype, scale_dtype)
     numerator = _as_work(quantized.astype(numpy_dtype(compute_dtype or scale_dtype)), work)
-    divided = np.divide(numerator, _as_work(scale, work)[:, None])
+    with np.errstate(all="ignore"):
+        divided = np.divide(numerator, _as_work(scale, work)[:, None])
     return divided.astype(np.float32)
 
 
@@ -234,9 +249,9 @@ class Int4Codec:
         return _divide_by_row_scale(quantized, blocks[SCALE], self.compute_dtype, self.scale_dtype)
 
     def encode(self, values: np.ndarray) -> dict[str, np.ndarray]:
-        values = np.asarray(values)
-        _check_width(values, self.dim)
-        quantized, scale = _abs_max_quantize(values, INT4_RANGE)
+        values = _held(values, self.dim, self.scale_dtype)
+        with np.errstate(all="ignore"):
+            quantized, scale = _abs_max_quantize(values, INT4_RANGE)
         return {
             VALUES: pack_nibbles(quantized),
             SCALE: scale.astype(numpy_dtype(self.scale_dtype)),
@@ -320,15 +335,16 @@ class Int4GroupedCodec:
         scales = _as_work(np.take(scale, columns, axis=-1), self.scale_dtype)
         zeros = _as_work(np.take(zero, columns, axis=-1), self.scale_dtype)
         numerator = quantized.astype(numpy_dtype(self.compute_dtype or self.scale_dtype))
-        shifted = np.subtract(_as_work(numerator, work), _as_work(zeros, work))
-        return np.multiply(shifted, _as_work(scales, work)).astype(np.float32)
+        with np.errstate(all="ignore"):
+            shifted = np.subtract(_as_work(numerator, work), _as_work(zeros, work))
+            return np.multiply(shifted, _as_work(scales, work)).astype(np.float32)
 
     def encode(self, values: np.ndarray) -> dict[str, np.ndarray]:
         if self.block_size is None:
             raise UnsupportedEdit("the block size of this int4 table is not known")
-        values = np.asarray(values)
-        _check_width(values, self.dim)
-        quantized, scale, zero = _grouped_quantize(values.T, self.block_size)
+        values = _held(values, self.dim, self.scale_dtype)
+        with np.errstate(all="ignore"):
+            quantized, scale, zero = _grouped_quantize(values.T, self.block_size)
         return {
             VALUES: pack_nibbles(quantized.T),
             SCALE: scale.T.astype(numpy_dtype(self.scale_dtype)),

@@ -291,11 +291,12 @@ def _dims_to_try(
     if len(first.shape) != 2:
         return []
     if encoding in (FLOAT, INT8):
-        return [first.shape[1]]
-    if encoding == INT4_GROUPED:
-        index = [v.shape[0] for v in variables if len(v.shape) == 1 and _is_float(v)]
-        return sorted(set(index))
-    return [d for d in (2 * first.shape[1] - 1, 2 * first.shape[1]) if d > 0]
+        dims = [first.shape[1]]
+    elif encoding == INT4_GROUPED:
+        dims = sorted({v.shape[0] for v in variables if len(v.shape) == 1 and _is_float(v)})
+    else:
+        dims = [2 * first.shape[1] - 1, 2 * first.shape[1]]
+    return [dim for dim in dims if dim > 0]
 
 
 def _codec(
