@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 from embcli.errors import BadVectors, EmbcliError, MalformedFile, NonFiniteValues, UnsupportedEdit
 from embcli.quantization import (
+    AbsMax,
     FloatCodec,
     Int4Codec,
     Int4GroupedCodec,
@@ -22,6 +23,7 @@ from embcli.quantization import (
     detect_codecs,
     pack_nibbles,
     read_policy,
+    read_quantization_config,
     unpack_nibbles,
 )
 from embcli.quantization.codecs import (
@@ -29,6 +31,7 @@ from embcli.quantization.codecs import (
     canonical_group_index,
     group_count,
 )
+from embcli.quantization.policy import Requested
 
 shapes = st.tuples(st.integers(1, 6), st.integers(1, 17))
 
@@ -481,3 +484,95 @@ def test_new_rows_are_held_in_the_variable_dtype_first(codec):
     wide = np.array([[0.1, -0.7, 1 / 3]], np.float64)
     for role, array in codec.encode(wide).items():
         assert array.tobytes() == codec.encode(wide.astype(np.float32))[role].tobytes()
+
+
+def quantization_config(class_name: str, **config) -> dict:
+    return {"module": "keras.quantizers", "class_name": class_name, "config": config}
+
+
+def abs_max(**config) -> dict:
+    return {"module": "keras.quantizers", "class_name": "AbsMaxQuantizer", "config": config}
+
+
+@pytest.mark.parametrize(
+    "entry, expected",
+    [
+        (None, None),
+        (
+            quantization_config("Int8QuantizationConfig", weight_quantizer=None),
+            Requested("int8", None, AbsMax((-127, 127)), False),
+        ),
+        (
+            quantization_config("Int4QuantizationConfig", weight_quantizer=None, block_size=128),
+            Requested("int4-grouped", 128, None, False),
+        ),
+        (
+            quantization_config("Int4QuantizationConfig", weight_quantizer=None),
+            Requested("int4", None, AbsMax((-8, 7)), False),
+        ),
+        (
+            quantization_config(
+                "Int8QuantizationConfig",
+                weight_quantizer=abs_max(value_range=[-100, 100], epsilon=0.001, axis=[-1]),
+            ),
+            Requested("int8", None, AbsMax((-100, 100), 0.001), True),
+        ),
+        (
+            quantization_config(
+                "Int8QuantizationConfig",
+                weight_quantizer=abs_max(value_range=[-100, 100], axis=[0]),
+            ),
+            Requested("int8", None, None, True),
+        ),
+        (
+            quantization_config("Int8QuantizationConfig", weight_quantizer={"class_name": "Mine"}),
+            Requested("int8", None, None, True),
+        ),
+    ],
+)
+def test_quantization_configs_are_read_as_keras_reads_them(entry, expected):
+    assert read_quantization_config(entry) == expected
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        quantization_config("Float8QuantizationConfig"),
+        quantization_config("GPTQConfig", weight_bits=4),
+        quantization_config("Int4QuantizationConfig", block_size=0),
+        quantization_config("Int4QuantizationConfig", block_size=8, weight_quantizer=abs_max()),
+        {"class_name": "Int8QuantizationConfig"},
+        "int8",
+    ],
+)
+def test_quantization_configs_embcli_cannot_follow_are_refused(entry):
+    with pytest.raises(UnsupportedEdit):
+        read_quantization_config(entry)
+
+
+def test_quantization_config_and_policy_must_agree():
+    per_channel = quantization_config("Int4QuantizationConfig", block_size=-1)
+    grouped = quantization_config("Int4QuantizationConfig", block_size=2)
+    with pytest.raises(UnsupportedEdit, match="disagree"):
+        detect_codecs(INT4_UNTIED, config=config(policy("int8"), quantization_config=per_channel))
+    with pytest.raises(UnsupportedEdit, match="disagree"):
+        detect_codecs(GROUPED_UNTIED, config=config(policy("int4/4"), quantization_config=grouped))
+    with pytest.raises(UnsupportedEdit, match="do not fit"):  # 4 groups of 2, not 2
+        detect_codecs(GROUPED_UNTIED, config={"quantization_config": grouped})
+    fours = quantization_config("Int4QuantizationConfig", block_size=4)
+    found = detect_codecs(GROUPED_UNTIED, config={"quantization_config": fours})
+    assert found.embeddings.codec.block_size == 4
+
+
+def test_rows_of_an_unknown_quantizer_decode_but_are_not_rewritten():
+    mine = quantization_config("Int8QuantizationConfig", weight_quantizer={"class_name": "Mine"})
+    found = detect_codecs(INT8_UNTIED, config=config(policy("int8"), quantization_config=mine))
+    stored = {"values": np.ones((1, 7), np.int8), "scale": np.full(1, 2, np.float32)}
+    assert np.all(found.embeddings.codec.decode(stored) == 0.5)
+    with pytest.raises(UnsupportedEdit, match="cannot reproduce"):
+        found.embeddings.encode(np.zeros((1, 7), np.float32))
+    assert found.reverse is not None
+    with pytest.raises(UnsupportedEdit, match="cannot reproduce"):
+        found.reverse.encode(np.zeros((1, 7), np.float32))
+    plain = detect_codecs(INT8_UNTIED, config=config(policy("int8")))
+    assert plain.reverse is not None and plain.reverse.encode(np.zeros((1, 7), np.float32))

@@ -338,3 +338,28 @@ def test_decoding_equals_keras_for_any_stored_bytes(packed, odd, block, data):
     per_row = ops.divide(unpacked, ops.expand_dims(scale[:, 0], -1))
     mine = Int4Codec(dim).decode({"values": packed, "scale": scale[:, 0]})
     assert_same_bits(mine, ops.convert_to_numpy(per_row))
+
+
+@pytest.mark.parametrize("layer_name, spec", LAYERS[:2], ids=[n for n, _ in LAYERS[:2]])
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_a_custom_weight_quantizer_in_the_config_is_reproduced(tmp_path, layer_name, spec, mode):
+    from keras.quantizers import AbsMaxQuantizer, Int4QuantizationConfig, Int8QuantizationConfig
+
+    if mode == "int8":
+        quantizer = AbsMaxQuantizer(axis=-1, value_range=(-100, 100), epsilon=1e-3)
+        config = Int8QuantizationConfig(weight_quantizer=quantizer)
+    else:
+        quantizer = AbsMaxQuantizer(axis=-1, value_range=(-8, 7), epsilon=1e-4)
+        config = Int4QuantizationConfig(weight_quantizer=quantizer, block_size=-1)
+    values = float_values(ROWS, 9)
+    model, layer = build_layer(spec, values, None)
+    model.quantize(config=config)
+    model.save(tmp_path / "m.keras")
+    entry, infos, arrays = saved_layer(tmp_path / "m.keras")
+    codecs = detect_codecs(infos, class_name=entry["class_name"], config=entry["config"])
+    table = codecs.embeddings
+    assert table.codec.quantizer.epsilon == quantizer.epsilon
+    computed = np.asarray(layer(np.arange(ROWS)[:, None]))[:, 0, :]
+    assert_same_bits(table.decode(part_arrays(table, arrays)), computed)
+    for role, array in table.encode(values).items():
+        assert_same_bits(array, arrays[table.parts[role].variable.path])

@@ -10,6 +10,7 @@ from embcli.quantization.codecs import (
     SCALE,
     VALUES,
     ZERO,
+    AbsMax,
     Codec,
     FloatCodec,
     Int4Codec,
@@ -18,10 +19,12 @@ from embcli.quantization.codecs import (
     pack_nibbles,
     unpack_nibbles,
 )
-from embcli.quantization.detect import ENCODINGS, Policy, detect_codecs, read_policy
+from embcli.quantization.detect import detect_codecs
+from embcli.quantization.policy import ENCODINGS, Policy, read_policy, read_quantization_config
 from embcli.quantization.tables import LayerCodecs, StoredPart, TableCodec, VariableInfo
 
 __all__ = [
+    "AbsMax",
     "ENCODINGS",
     "GROUP_INDEX",
     "SCALE",
@@ -40,5 +43,6 @@ __all__ = [
     "detect_codecs",
     "pack_nibbles",
     "read_policy",
+    "read_quantization_config",
     "unpack_nibbles",
 ]

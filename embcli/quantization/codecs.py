@@ -36,6 +36,19 @@ NIBBLE_MASK = 0x0F
 NIBBLE_SIGN = 8
 
 
+@dataclass(frozen=True)
+class AbsMax:
+    """The parameters of Keras's `AbsMaxQuantizer` along the row: per-row scale
+    `high / (max|x| + epsilon)`, values rounded and clipped to `value_range`."""
+
+    value_range: tuple[int, int]
+    epsilon: float = KERAS_EPSILON
+
+
+INT8_DEFAULT = AbsMax(INT8_RANGE)
+INT4_DEFAULT = AbsMax(INT4_RANGE)
+
+
 def numpy_dtype(name: str) -> np.dtype:
     """The numpy dtype for a stored dtype name; bfloat16 comes from ml_dtypes."""
     if name == "bfloat16":
@@ -188,23 +201,30 @@ class FloatCodec:
 
 
 def _abs_max_quantize(
-    values: np.ndarray, value_range: tuple[int, int]
+    values: np.ndarray, quantizer: AbsMax | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """`abs_max_quantize(axis=-1, to_numpy=True)`: per-row scale, round, clip."""
-    low, high = value_range
+    if quantizer is None:
+        raise UnsupportedEdit("the table was quantized by a quantizer embcli cannot reproduce")
+    low, high = quantizer.value_range
     peak = np.max(np.abs(values), axis=-1, keepdims=True)
-    scale = np.divide(high, np.add(peak, KERAS_EPSILON))
+    scale = np.divide(high, np.add(peak, quantizer.epsilon))
     quantized = np.clip(np.round(np.multiply(values, scale)), low, high)
     return quantized.astype(np.int8), scale[..., 0]
 
 
 @dataclass(frozen=True)
 class Int8Codec:
-    """int8 values with one float scale per row: value = int8 / scale."""
+    """int8 values with one float scale per row: value = int8 / scale.
+
+    `quantizer` is None where the layer's config names a weight quantizer embcli cannot
+    reproduce; such a table decodes but refuses new rows.
+    """
 
     dim: int
     scale_dtype: str = "float32"
     compute_dtype: str | None = "float32"
+    quantizer: AbsMax | None = INT8_DEFAULT
     name: ClassVar[str] = "int8"
 
     def roles(self) -> tuple[str, ...]:
@@ -218,7 +238,7 @@ class Int8Codec:
     def encode(self, values: np.ndarray) -> dict[str, np.ndarray]:
         values = _held(values, self.dim, self.scale_dtype)
         with np.errstate(all="ignore"):
-            quantized, scale = _abs_max_quantize(values, INT8_RANGE)
+            quantized, scale = _abs_max_quantize(values, self.quantizer)
         return {VALUES: quantized, SCALE: scale.astype(numpy_dtype(self.scale_dtype))}
 
 
@@ -239,6 +259,7 @@ class Int4Codec:
     dim: int
     scale_dtype: str = "float32"
     compute_dtype: str | None = "float32"
+    quantizer: AbsMax | None = INT4_DEFAULT
     name: ClassVar[str] = "int4"
 
     def roles(self) -> tuple[str, ...]:
@@ -251,7 +272,7 @@ class Int4Codec:
     def encode(self, values: np.ndarray) -> dict[str, np.ndarray]:
         values = _held(values, self.dim, self.scale_dtype)
         with np.errstate(all="ignore"):
-            quantized, scale = _abs_max_quantize(values, INT4_RANGE)
+            quantized, scale = _abs_max_quantize(values, self.quantizer)
         return {
             VALUES: pack_nibbles(quantized),
             SCALE: scale.astype(numpy_dtype(self.scale_dtype)),

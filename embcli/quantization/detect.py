@@ -1,8 +1,9 @@
 """Which codec a saved embedding layer uses, decided from evidence only.
 
 Evidence is the layer's dtype policy (its own config's `dtype`, or an enclosing
-`DTypePolicyMap` such as a keras-hub backbone's, keyed by layer path), its config's sizes
-and `tie_weights`, and the saved variables' names, shapes and dtypes. Every encoding
+`DTypePolicyMap` such as a keras-hub backbone's, keyed by layer path), its
+`quantization_config`, its config's sizes and `tie_weights`, and the saved variables'
+names, shapes and dtypes. Every encoding
 Keras could have written is tried against that evidence; exactly one must fit. When none
 or several fit, the table is refused with `UnsupportedEdit` rather than guessed: int8 and
 int4 per channel, for one, are told apart only by the policy or by the table's width.
@@ -10,7 +11,6 @@ int4 per channel, for one, are told apart only by the policy or by the table's w
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +18,12 @@ from typing import Any
 from embcli.errors import UnsupportedEdit
 from embcli.quantization.codecs import (
     GROUP_INDEX,
+    INT4_DEFAULT,
+    INT8_DEFAULT,
     SCALE,
     VALUES,
     ZERO,
+    AbsMax,
     Codec,
     FloatCodec,
     Int4Codec,
@@ -29,27 +32,21 @@ from embcli.quantization.codecs import (
     group_count,
     packed_width,
 )
-from embcli.quantization.tables import LayerCodecs, StoredPart, TableCodec, VariableInfo
-
-FLOAT = "float"
-INT8 = "int8"
-INT4 = "int4"
-INT4_GROUPED = "int4-grouped"
-ENCODINGS = (FLOAT, INT8, INT4, INT4_GROUPED)
-
-FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
-_MIXED_COMPUTE = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
-_FLOAT_POLICY_CLASSES = ("DTypePolicy", "FloatDTypePolicy")
-_QUANTIZED_POLICY_CLASSES = (
-    "QuantizedDTypePolicy",
-    "Int4DTypePolicy",
-    "QuantizedFloat8DTypePolicy",
-    "GPTQDTypePolicy",
-    "AWQDTypePolicy",
+from embcli.quantization.policy import (
+    ENCODINGS,
+    FLOAT,
+    FLOAT_DTYPES,
+    INT4,
+    INT4_GROUPED,
+    INT8,
+    Policy,
+    Requested,
+    combine_policies,
+    read_policy,
+    read_quantization_config,
+    with_request,
 )
-POLICY_MAP_CLASS = "DTypePolicyMap"
-PER_CHANNEL_BLOCK = -1
-_FROM = "_from_"
+from embcli.quantization.tables import LayerCodecs, StoredPart, TableCodec, VariableInfo
 
 # Keras's variable names, by (table, role), for formats that record names.
 _KERAS_NAMES = {
@@ -61,126 +58,6 @@ _KERAS_NAMES = {
     (True, SCALE): "reverse_embeddings_scale",
     (True, ZERO): "reverse_embeddings_zero",
 }
-
-
-@dataclass(frozen=True)
-class Policy:
-    """A dtype policy as far as tables care: its encoding and compute dtype.
-
-    `block_size` is the int4 block (None for per channel); `compute_dtype` is None where
-    the file leaves it to the loading program's global policy.
-    """
-
-    encoding: str
-    block_size: int | None = None
-    compute_dtype: str | None = None
-
-
-def _compute_dtype(source: Any) -> str | None:
-    if not isinstance(source, str):
-        return None
-    return _MIXED_COMPUTE.get(source, source if source in FLOAT_DTYPES else None)
-
-
-def _quantized_policy(mode: Any, source: Any) -> Policy:
-    if not isinstance(mode, str):
-        raise UnsupportedEdit("the layer's quantized dtype policy names no mode")
-    compute = _compute_dtype(source)
-    if mode == INT8:
-        return Policy(INT8, None, compute)
-    if mode == INT4:
-        return Policy(INT4, None, compute)
-    base, _, block = mode.partition("/")
-    if base == INT4 and re.fullmatch(r"-1|[1-9][0-9]*", block):
-        size = int(block)
-        if size == PER_CHANNEL_BLOCK:
-            return Policy(INT4, None, compute)
-        return Policy(INT4_GROUPED, size, compute)
-    raise UnsupportedEdit(f"the layer is {mode}-quantized; embcli reads int8 and int4 tables")
-
-
-def _policy_from_name(name: Any) -> Policy | None:
-    if name is None:
-        return Policy(FLOAT)
-    if not isinstance(name, str):
-        raise UnsupportedEdit("the layer's dtype policy is not a name")
-    if _FROM in name:
-        mode, source = name.split(_FROM, 1)
-        return _quantized_policy(mode, source)
-    compute = _compute_dtype(name)
-    if compute is None:
-        raise UnsupportedEdit(f"the layer's dtype policy {name!r} is not one Keras defines")
-    return Policy(FLOAT, None, compute)
-
-
-def _lookup_policy_map(config: Any, layer_path: str | None) -> Policy | None:
-    if not isinstance(config, Mapping):
-        raise UnsupportedEdit("the dtype policy map has no config")
-    entries = config.get("policy_map")
-    if not isinstance(entries, Mapping):
-        raise UnsupportedEdit("the dtype policy map holds no policies")
-    if layer_path is None:
-        return None
-    if layer_path in entries:
-        return read_policy(entries[layer_path])
-    matches = []
-    for key, entry in entries.items():
-        try:
-            if isinstance(key, str) and re.fullmatch(key, layer_path):
-                matches.append(entry)
-        except re.error:
-            continue
-    if len(matches) > 1:
-        raise UnsupportedEdit(f"several dtype policies match the layer {layer_path!r}")
-    if matches:
-        return read_policy(matches[0])
-    default = config.get("default_policy")
-    return Policy(FLOAT) if default is None else read_policy(default)
-
-
-def read_policy(entry: Any, layer_path: str | None = None) -> Policy | None:
-    """What a serialized dtype policy says about a layer's tables.
-
-    Args:
-        entry: a config's `dtype`: a name ("float32", "int8_from_float32",
-            "int4/128_from_bfloat16") or a serialized policy dict, including
-            `DTypePolicyMap`, looked up by `layer_path` as Keras does (exact key, then
-            the one key that matches as a regular expression, then the default).
-        layer_path: the layer's path (`Layer.path`), needed for a policy map.
-
-    Returns:
-        The policy, or None where the entry gives no evidence (no entry; a map without
-        a path to look up).
-
-    Raises:
-        UnsupportedEdit: the policy is one embcli cannot read tables of, or is malformed.
-    """
-    if entry is None:
-        return None
-    if isinstance(entry, str):
-        return _policy_from_name(entry)
-    if not isinstance(entry, Mapping):
-        raise UnsupportedEdit("the layer's dtype policy is neither a name nor a config")
-    class_name, config = entry.get("class_name"), entry.get("config")
-    if class_name == POLICY_MAP_CLASS:
-        return _lookup_policy_map(config, layer_path)
-    if not isinstance(config, Mapping):
-        raise UnsupportedEdit(f"the dtype policy {class_name!r} has no config")
-    if class_name in _FLOAT_POLICY_CLASSES:
-        return _policy_from_name(config.get("name"))
-    if class_name in _QUANTIZED_POLICY_CLASSES:
-        if "mode" in config:
-            return _quantized_policy(config.get("mode"), config.get("source_name"))
-        return _policy_from_name(config.get("name"))
-    raise UnsupportedEdit(f"the dtype policy class {class_name!r} is not one Keras defines")
-
-
-def _combine(own: Policy | None, outer: Policy | None) -> Policy | None:
-    if own is None or outer is None:
-        return own or outer
-    if (own.encoding, own.block_size) != (outer.encoding, outer.block_size):
-        raise UnsupportedEdit("the layer's config and its model's policy map disagree")
-    return own if own.compute_dtype is not None else outer
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -303,18 +180,25 @@ def _codec(
     candidate: _Candidate,
     parts: Mapping[str, VariableInfo],
     policy: Policy | None,
+    requested: Requested | None,
     reverse: bool,
 ) -> Codec:
     compute = policy.compute_dtype if policy is not None else None
+    # Keras quantizes the reverse table with its own default unless a weight quantizer
+    # is named, and then with that one along the wrong axis; such rows are refused.
+    if requested is None or (reverse and not requested.custom):
+        quantizer: AbsMax | None = INT8_DEFAULT if candidate.encoding == INT8 else INT4_DEFAULT
+    else:
+        quantizer = None if reverse else requested.quantizer
     values = parts[VALUES]
     if candidate.encoding == FLOAT:
         return FloatCodec(candidate.dim, values.dtype)
     scale = parts[SCALE]
     compute = compute or scale.dtype
     if candidate.encoding == INT8:
-        return Int8Codec(candidate.dim, scale.dtype, compute)
+        return Int8Codec(candidate.dim, scale.dtype, compute, quantizer)
     if candidate.encoding == INT4:
-        return Int4Codec(candidate.dim, scale.dtype, compute)
+        return Int4Codec(candidate.dim, scale.dtype, compute, quantizer)
     groups = scale.shape[0] if reverse else scale.shape[1]
     return Int4GroupedCodec(
         candidate.dim, groups, candidate.block_size, scale.dtype, parts[ZERO].dtype, compute
@@ -327,6 +211,7 @@ def _table(
     reverse: bool,
     rows: int,
     policy: Policy | None,
+    requested: Requested | None,
 ) -> TableCodec:
     infos = {role: info for (is_reverse, role), info in matched.items() if is_reverse == reverse}
     if reverse:
@@ -341,7 +226,7 @@ def _table(
         else:
             axis = 0
         parts[role] = StoredPart(role, info, axis)
-    codec = _codec(candidate, infos, policy, reverse)
+    codec = _codec(candidate, infos, policy, requested, reverse)
     return TableCodec(codec, parts, rows, candidate.dim, reverse)
 
 
@@ -377,7 +262,11 @@ def detect_codecs(
         UnsupportedEdit: the evidence fits no encoding, or more than one.
     """
     config = config if isinstance(config, Mapping) else {}
-    known = _combine(read_policy(config.get("dtype"), layer_path), read_policy(policy, layer_path))
+    known = combine_policies(
+        read_policy(config.get("dtype"), layer_path), read_policy(policy, layer_path)
+    )
+    requested = read_quantization_config(config.get("quantization_config"))
+    known = with_request(known, requested)
     rows_hint, dim_hint = (
         _int_or_none(config.get("input_dim")),
         _int_or_none(config.get("output_dim")),
@@ -419,6 +308,6 @@ def detect_codecs(
             f"the layer's saved weights fit {' and '.join(kinds)}; its config would tell"
         )
     candidate, matched = found[0]
-    embeddings = _table(candidate, matched, False, rows, known)
-    reverse = None if candidate.tied else _table(candidate, matched, True, rows, known)
+    embeddings = _table(candidate, matched, False, rows, known, requested)
+    reverse = None if candidate.tied else _table(candidate, matched, True, rows, known, requested)
     return LayerCodecs(embeddings, reverse)
