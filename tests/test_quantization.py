@@ -441,28 +441,6 @@ policy_entries = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    variable_infos,
-    policy_entries,
-    st.one_of(st.none(), st.integers(-2, 12), st.booleans()),
-    st.one_of(st.none(), st.booleans(), st.text(max_size=2)),
-)
-def test_any_evidence_gives_codecs_or_a_library_error(variables, entry, dim, tie):
-    try:
-        found = detect_codecs(
-            variables,
-            class_name="ReversibleEmbedding",
-            config={"dtype": entry, "output_dim": dim, "tie_weights": tie},
-            layer_path="emb",
-        )
-    except EmbcliError:
-        return
-    for table in found.tables():
-        assert table.rows >= 0 and table.dim >= 1
-        assert math.prod(table.shape) == table.rows * table.dim
-
-
 @pytest.mark.parametrize(
     "codec", [Int8Codec(3), Int4Codec(3), Int4GroupedCodec(3, 2, 2)], ids=lambda c: c.name
 )
@@ -576,3 +554,70 @@ def test_rows_of_an_unknown_quantizer_decode_but_are_not_rewritten():
         found.reverse.encode(np.zeros((1, 7), np.float32))
     plain = detect_codecs(INT8_UNTIED, config=config(policy("int8")))
     assert plain.reverse is not None and plain.reverse.encode(np.zeros((1, 7), np.float32))
+
+
+quantization_entries = st.one_of(
+    st.none(),
+    st.text(max_size=5),
+    st.builds(
+        lambda name, block, quantizer: {
+            "class_name": name,
+            "config": {"block_size": block, "weight_quantizer": quantizer},
+        },
+        st.sampled_from(["Int8QuantizationConfig", "Int4QuantizationConfig", "GPTQConfig"]),
+        st.one_of(st.none(), st.integers(-3, 9), st.text(max_size=2), st.booleans()),
+        st.one_of(
+            st.none(),
+            st.builds(
+                lambda bounds, epsilon, axis: abs_max(
+                    value_range=bounds, epsilon=epsilon, axis=axis
+                ),
+                st.one_of(st.lists(st.integers(-200, 200), max_size=3), st.text(max_size=2)),
+                st.one_of(st.floats(), st.integers(), st.none()),
+                st.one_of(st.none(), st.integers(-2, 2), st.lists(st.integers(-2, 2))),
+            ),
+        ),
+    ),
+)
+
+
+known_layouts = st.sampled_from(
+    [INT8_UNTIED, INT8_UNTIED[:2], INT4_UNTIED, GROUPED_UNTIED, GROUPED_UNTIED[:4]]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(variable_infos, known_layouts),
+    policy_entries,
+    quantization_entries,
+    st.one_of(st.none(), st.integers(-2, 12), st.booleans()),
+    st.one_of(st.none(), st.booleans(), st.text(max_size=2)),
+)
+def test_any_evidence_gives_codecs_or_a_library_error(variables, entry, requested, dim, tie):
+    try:
+        found = detect_codecs(
+            variables,
+            class_name="ReversibleEmbedding",
+            config={
+                "dtype": entry,
+                "quantization_config": requested,
+                "output_dim": dim,
+                "tie_weights": tie,
+            },
+            layer_path="emb",
+        )
+    except EmbcliError:
+        return
+    for table in found.tables():
+        assert table.rows >= 0 and table.dim >= 1
+        assert math.prod(table.shape) == table.rows * table.dim
+        rows = min(table.rows, 2)
+        try:
+            encoded = table.encode(np.zeros((rows, table.dim), np.float32))
+        except UnsupportedEdit:
+            continue
+        for role, array in encoded.items():
+            expected = list(table.parts[role].variable.shape)
+            expected[table.parts[role].vocab_axis or 0] = rows
+            assert list(array.shape) == expected
