@@ -311,7 +311,7 @@ def test_keras_hub_policy_map_is_looked_up_by_layer_path():
     assert read_policy(mapped, "transformer_layer_3/dense") == Policy("int4-grouped", 128)
     assert read_policy(mapped, "elsewhere") == Policy("float")
     assert read_policy(mapped) is None
-    with pytest.raises(UnsupportedEdit, match="do not fit its float"):
+    with pytest.raises(UnsupportedEdit, match="do not fit the float"):
         detect_codecs(INT8_UNTIED, policy=mapped, layer_path="elsewhere")
 
 
@@ -341,6 +341,11 @@ def test_several_matching_patterns_are_refused():
             {"class_name": "DTypePolicy", "config": {"name": "bfloat16"}},
             Policy("float", None, "bfloat16"),
         ),
+        (
+            {"class_name": "Policy", "config": {"name": "mixed_float16"}},
+            Policy("float", None, "float16"),
+        ),
+        ({"class_name": "MyPolicy", "config": {}}, None),
         (None, None),
     ],
 )
@@ -356,7 +361,6 @@ def test_policies_are_read_in_every_spelling(entry, expected):
         "int4/0_from_float32",
         "int4/x_from_float32",
         "float33",
-        {"class_name": "MyPolicy", "config": {}},
         {"class_name": "QuantizedDTypePolicy"},
         {"class_name": "DTypePolicyMap", "config": {"policy_map": []}},
         ["int8"],

@@ -246,8 +246,8 @@ def detect_codecs(
             (`vars/0`, `vars/1`, ...).
         class_name: the layer's class, where known ("Embedding",
             "ReversibleEmbedding"); only a `ReversibleEmbedding` can hold a reverse table.
-        config: the layer's config, where the file has one (`dtype`, `input_dim`,
-            `output_dim`, `tie_weights` are read).
+        config: the layer's config, where the file has one (`dtype`,
+            `quantization_config`, `input_dim`, `output_dim`, `tie_weights` are read).
         policy: a policy covering the layer from outside its config, such as a keras-hub
             backbone's `dtype` (a `DTypePolicyMap`), looked up by `layer_path`.
         layer_path: the layer's `Layer.path`, the key of policy maps.
@@ -300,7 +300,7 @@ def detect_codecs(
                 if matched is not None:
                     found.append((candidate, matched))
     if not found:
-        said = f"its {known.encoding} dtype policy" if known is not None else "any encoding"
+        said = f"the {known.encoding} its config names" if known is not None else "any encoding"
         raise UnsupportedEdit(f"the layer's saved weights do not fit {said}")
     if len(found) > 1:
         kinds = sorted({f"{c.encoding} (dim {c.dim})" for c, _ in found})

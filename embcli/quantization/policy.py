@@ -20,7 +20,8 @@ ENCODINGS = (FLOAT, INT8, INT4, INT4_GROUPED)
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 _MIXED_COMPUTE = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
-_FLOAT_POLICY_CLASSES = ("DTypePolicy", "FloatDTypePolicy")
+# tf.keras and Keras 2 call their mixed-precision policy class `Policy`.
+_FLOAT_POLICY_CLASSES = ("DTypePolicy", "FloatDTypePolicy", "Policy")
 _QUANTIZED_POLICY_CLASSES = (
     "QuantizedDTypePolicy",
     "Int4DTypePolicy",
@@ -124,7 +125,8 @@ def read_policy(entry: Any, layer_path: str | None = None) -> Policy | None:
 
     Returns:
         The policy, or None where the entry gives no evidence (no entry; a map without
-        a path to look up).
+        a path to look up; a policy class Keras does not define, which leaves the
+        decision to the saved variables).
 
     Raises:
         UnsupportedEdit: the policy is one embcli cannot read tables of, or is malformed.
@@ -146,7 +148,7 @@ def read_policy(entry: Any, layer_path: str | None = None) -> Policy | None:
         if "mode" in config:
             return _quantized_policy(config.get("mode"), config.get("source_name"))
         return _policy_from_name(config.get("name"))
-    raise UnsupportedEdit(f"the dtype policy class {class_name!r} is not one Keras defines")
+    return None
 
 
 @dataclass(frozen=True)
