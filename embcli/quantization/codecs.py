@@ -80,17 +80,24 @@ def pack_nibbles(values: np.ndarray) -> np.ndarray:
     return packed.view(np.int8)
 
 
+def _signed_nibble_pairs() -> np.ndarray:
+    """For each byte, its low and high nibble as signed int4: `(x ^ 8) - 8`."""
+    byte = np.arange(256, dtype=np.int16)
+    low, high = byte & NIBBLE_MASK, byte >> 4
+    pairs = np.stack([low, high], axis=-1)
+    return ((pairs ^ NIBBLE_SIGN) - NIBBLE_SIGN).astype(np.int8)
+
+
+_NIBBLE_PAIRS = _signed_nibble_pairs()
+
+
 def unpack_nibbles(packed: np.ndarray, length: int) -> np.ndarray:
     """Signed int4 values from bytes packed along the last axis, cut to `length`."""
     packed = np.asarray(packed)
     if packed.dtype not in (np.dtype(np.int8), np.dtype(np.uint8)):
         raise MalformedFile(f"packed int4 values are stored as {packed.dtype}, not int8")
-    raw = packed.view(np.uint8)
-    low = (raw & np.uint8(NIBBLE_MASK)).astype(np.int8)
-    high = (raw >> np.uint8(4)).astype(np.int8)
-    pairs = np.stack([low, high], axis=-1).reshape(packed.shape[:-1] + (-1,))
-    signed = (pairs ^ np.int8(NIBBLE_SIGN)) - np.int8(NIBBLE_SIGN)
-    return signed[..., :length].astype(np.int8)
+    pairs = _NIBBLE_PAIRS[packed.view(np.uint8)]
+    return pairs.reshape(packed.shape[:-1] + (-1,))[..., :length]
 
 
 def packed_width(dim: int) -> int:
@@ -158,7 +165,7 @@ class Codec(Protocol):
 
 
 def _as_work(array: np.ndarray, dtype: str) -> np.ndarray:
-    return np.asarray(array).astype(numpy_dtype(dtype))
+    return np.asarray(array).astype(numpy_dtype(dtype), copy=False)
 
 
 def _check_width(values: np.ndarray, dim: int) -> None:
@@ -350,15 +357,17 @@ class Int4GroupedCodec:
 
     def decode(self, blocks: Mapping[str, np.ndarray]) -> np.ndarray:
         columns = self.group_columns(blocks[GROUP_INDEX])
-        quantized = unpack_nibbles(blocks[VALUES], self.dim)
-        scale, zero = np.asarray(blocks[SCALE]), np.asarray(blocks[ZERO])
-        work = arithmetic_dtype(self.compute_dtype, self.scale_dtype)
-        scales = _as_work(np.take(scale, columns, axis=-1), self.scale_dtype)
-        zeros = _as_work(np.take(zero, columns, axis=-1), self.scale_dtype)
-        numerator = quantized.astype(numpy_dtype(self.compute_dtype or self.scale_dtype))
+        work = numpy_dtype(arithmetic_dtype(self.compute_dtype, self.scale_dtype))
+        held = numpy_dtype(self.scale_dtype)
+        # Zero points are cast to the scales' dtype, then both are autocast; the group of
+        # each column is looked up after those casts, which changes no value.
+        scales = np.asarray(blocks[SCALE]).astype(held, copy=False).astype(work, copy=False)
+        zeros = np.asarray(blocks[ZERO]).astype(held, copy=False).astype(work, copy=False)
+        values = unpack_nibbles(blocks[VALUES], self.dim).astype(work)
         with np.errstate(all="ignore"):
-            shifted = np.subtract(_as_work(numerator, work), _as_work(zeros, work))
-            return np.multiply(shifted, _as_work(scales, work)).astype(np.float32)
+            np.subtract(values, np.take(zeros, columns, axis=-1), out=values)
+            np.multiply(values, np.take(scales, columns, axis=-1), out=values)
+        return values.astype(np.float32, copy=False)
 
     def encode(self, values: np.ndarray) -> dict[str, np.ndarray]:
         if self.block_size is None:
