@@ -27,14 +27,22 @@ def expected():
         return {key: archive[key] for key in archive.files}
 
 
-def layer_config(name: str) -> dict:
+def evidence(name: str) -> dict:
+    """What a format module knows of the layer besides its variables: its config entry,
+    or for a keras-hub backbone's sublayer, the backbone's policy map and the path."""
     with zipfile.ZipFile(QUANT / name) as archive:
         config = json.loads(archive.read("config.json"))
     entry = MANIFEST[name]
+    if "layer_path" in entry:
+        return {
+            "class_name": entry["class"],
+            "policy": config["config"]["dtype"],
+            "layer_path": entry["layer_path"],
+        }
     (found,) = [
         layer for layer in config["config"]["layers"] if layer["config"]["name"] == entry["layer"]
     ]
-    return found
+    return {"class_name": found["class_name"], "config": found["config"]}
 
 
 def stored_arrays(name: str) -> dict[str, np.ndarray]:
@@ -53,12 +61,21 @@ def infos(name: str) -> list[VariableInfo]:
 def test_every_encoding_has_a_fixture():
     assert {entry["encoding"] for entry in MANIFEST.values()} == {"int8", "int4", "int4-grouped"}
     assert any(entry["class"] == "ReversibleEmbedding" for entry in MANIFEST.values())
+    assert any("layer_path" in entry for entry in MANIFEST.values())
+
+
+def test_the_llama_token_embedding_is_int8_not_int4():
+    """The keras-hub case the old guess got wrong: untied, policy only in the map."""
+    name = "hub_llama_int8.keras"
+    codecs = detect_codecs(infos(name), **evidence(name))
+    assert codecs.name == "int8" and codecs.reverse is not None
+    assert codecs.reverse.name == "int8"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_detection_picks_the_codec_keras_used(name):
-    entry, config = MANIFEST[name], layer_config(name)
-    codecs = detect_codecs(infos(name), class_name=config["class_name"], config=config["config"])
+    entry = MANIFEST[name]
+    codecs = detect_codecs(infos(name), **evidence(name))
     assert codecs.name == entry["encoding"]
     assert [table.weight for table in codecs.tables()] == [t["weight"] for t in entry["tables"]]
     assert [list(table.shape) for table in codecs.tables()] == [t["shape"] for t in entry["tables"]]
@@ -68,8 +85,7 @@ def test_detection_picks_the_codec_keras_used(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_decoded_fixtures_equal_what_keras_reported(name, expected):
-    config = layer_config(name)
-    codecs = detect_codecs(infos(name), class_name=config["class_name"], config=config["config"])
+    codecs = detect_codecs(infos(name), **evidence(name))
     arrays = stored_arrays(name)
     for table, recorded in zip(codecs.tables(), MANIFEST[name]["tables"], strict=True):
         blocks = {role: arrays[part.variable.path] for role, part in table.parts.items()}
