@@ -625,3 +625,18 @@ def test_any_evidence_gives_codecs_or_a_library_error(variables, entry, requeste
             expected = list(table.parts[role].variable.shape)
             expected[table.parts[role].vocab_axis or 0] = rows
             assert list(array.shape) == expected
+
+
+def test_table_codec_orients_reverse_parts_and_names_missing_ones():
+    found = detect_codecs(INT8_UNTIED, config=config(policy("int8")))
+    back = found.reverse
+    assert back is not None and back.weight == "vars/2"
+    stored = {"values": np.arange(70, dtype=np.int8).reshape(7, 10), "scale": np.full(10, 2.0)}
+    stored["scale"] = stored["scale"].astype(np.float32)
+    picked = back.decode(back.select(stored, [9, 0]))
+    np.testing.assert_array_equal(picked, stored["values"][:, [9, 0]].T / np.float32(2))
+    np.testing.assert_array_equal(back.decode(back.select(stored, slice(0, 10, 9))), picked[::-1])
+    with pytest.raises(UnsupportedEdit, match="scale"):
+        back.decode({"values": stored["values"]})
+    encoded = back.encode(np.ones((3, 7), np.float32))
+    assert encoded["values"].shape == (7, 3) and encoded["scale"].shape == (3,)
