@@ -97,11 +97,7 @@ def test_layers_match_the_manifest(runner, name):
         (t["name"], t["shape"], t["dtype"]) for t in wanted
     )
     classes = {t["name"]: t["class"] for t in listed}
-    for table in wanted:
-        if name == "tfk_savedmodel":
-            assert classes[table["name"]] == table["class"]
-        else:
-            assert classes[table["name"]] in (None, table["class"])
+    assert classes == {t["name"]: t["class"] for t in wanted}
 
 
 @needs_tf

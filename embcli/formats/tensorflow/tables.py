@@ -1,11 +1,21 @@
 """Naming a TensorFlow artifact's 2-D variables as tables, and telling their classes.
 
 A layer's name and class come from `keras_metadata.pb` where a tf_keras SavedModel has one.
-Elsewhere the class is not told.
+Elsewhere no file records a class, and a table is called an `Embedding` only on evidence
+that only a Keras `Embedding` (or a subclass) leaves:
+
+- in a tf_keras checkpoint, a layer of a Keras model (an object-graph edge
+  `layer_with_weights-N`) whose one variable is its `embeddings` attribute, created under
+  the name `<layer>/embeddings`;
+- in a SavedModel, a variable named `<layer>/embeddings` that a function gathers rows from.
+
+A Dense kernel is neither, nor is a bare `tf.Variable`, nor keras-hub's `PositionEmbedding`
+(whose `embeddings` variable is sliced, not gathered, and held as `position_embeddings`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from embcli.formats.base import EMBEDDING_SUFFIX, EMBEDDING_VARIABLE, Table
@@ -22,6 +32,8 @@ from embcli.formats.tensorflow.variables import (
 METADATA_ROOT = "root"
 QUANTIZED_SCALE_SUFFIX = "_scale"
 INT8 = "int8"
+EMBEDDING_CLASS = "Embedding"
+KERAS_LAYER_EDGE = re.compile(r"layer_with_weights-\d+")
 
 
 @dataclass
@@ -66,6 +78,8 @@ def build_tables(
         gathered = any(
             variables[k].node in evidence.gathered for k in keys if variables[k].node is not None
         )
+        if class_name is None and _is_keras_embedding(variable, variables, evidence, gathered):
+            class_name = EMBEDDING_CLASS
         by_name = local == EMBEDDING_VARIABLE or gathered
         if class_name is not None:
             is_embedding = class_name.endswith(EMBEDDING_SUFFIX) and by_name
@@ -125,6 +139,33 @@ def _layer_of(variable: Variable, evidence: Evidence) -> tuple[KerasLayer | None
     if not candidates:
         return None, ""
     return min(candidates, key=lambda c: (c[0].path.count("."), c[0].path))
+
+
+def _is_keras_embedding(
+    variable: Variable, variables: dict[str, Variable], evidence: Evidence, gathered: bool
+) -> bool:
+    """Whether the artifact shows the variable to be a Keras `Embedding`'s table."""
+    parts = variable.full_name.split("/")
+    if len(parts) < 2 or parts[-1] != EMBEDDING_VARIABLE:
+        return False
+    if evidence.in_saved_model:
+        return gathered
+    if variable.node is None:
+        return False
+    holders = [p for p, edge in evidence.parents.get(variable.node, []) if edge == parts[-1]]
+    if len(holders) != 1:
+        return False
+    layer = holders[0]
+    in_keras_model = any(
+        KERAS_LAYER_EDGE.fullmatch(edge) for _, edge in evidence.parents.get(layer, [])
+    )
+    held = {v.node for v in variables.values() if v.node is not None}
+    children = [
+        node
+        for node, edges in evidence.parents.items()
+        if node in held and any(parent == layer for parent, _ in edges)
+    ]
+    return in_keras_model and children == [variable.node]
 
 
 def _int8_scale(variable: Variable, variables: dict[str, Variable]) -> str | None:
