@@ -4,9 +4,10 @@ A layer's name and class come from `keras_metadata.pb` where a tf_keras SavedMod
 Elsewhere no file records a class, and a table is called an `Embedding` only on evidence
 that only a Keras `Embedding` (or a subclass) leaves:
 
-- in a tf_keras checkpoint, a layer of a Keras model (an object-graph edge
-  `layer_with_weights-N`) whose one variable is its `embeddings` attribute, created under
-  the name `<layer>/embeddings`;
+- in a checkpoint, a layer of a Keras model (an object-graph edge `layer_with_weights-N`
+  in tf_keras, an entry of the model's `_operations` or `_layers` in Keras 3) whose one
+  variable is its `embeddings` (Keras 3: `_embeddings`) attribute, created under the name
+  `<layer>/embeddings`;
 - in a SavedModel, a variable named `<layer>/embeddings` that a function gathers rows from.
 
 A Dense kernel is neither, nor is a bare `tf.Variable`, nor keras-hub's `PositionEmbedding`
@@ -33,7 +34,12 @@ METADATA_ROOT = "root"
 QUANTIZED_SCALE_SUFFIX = "_scale"
 INT8 = "int8"
 EMBEDDING_CLASS = "Embedding"
+PRIVATE = "_"
+# How a Keras Embedding holds its table: tf_keras as `embeddings`, Keras 3 `_embeddings`.
+EMBEDDING_ATTRIBUTES = frozenset({EMBEDDING_VARIABLE, PRIVATE + EMBEDDING_VARIABLE})
+# How a Keras model holds its layers: tf_keras `layer_with_weights-N`, Keras 3 in lists.
 KERAS_LAYER_EDGE = re.compile(r"layer_with_weights-\d+")
+KERAS_LAYER_LISTS = frozenset({"_operations", "_layers"})
 
 
 @dataclass
@@ -121,7 +127,7 @@ def _describe(variable: Variable, evidence: Evidence) -> tuple[str, str, str | N
         return layer.name, "/".join(names) or layer.name, layer.class_name, local, owner
     parts = variable.full_name.split("/") if variable.full_name else short.split("/")
     local = variable.local_name
-    if len(parts) >= 2 and (local.isdigit() or local == parts[-1]):
+    if len(parts) >= 2 and (local.isdigit() or local.removeprefix(PRIVATE) == parts[-1]):
         owner = short.rsplit("/", 1)[0] if "/" in short else ""
         return parts[-2], "/".join(parts[:-1]), None, parts[-1], owner
     return short, short, None, local, short.rsplit("/", 1)[0] if "/" in short else ""
@@ -152,12 +158,19 @@ def _is_keras_embedding(
         return gathered
     if variable.node is None:
         return False
-    holders = [p for p, edge in evidence.parents.get(variable.node, []) if edge == parts[-1]]
+    holders = [
+        p for p, edge in evidence.parents.get(variable.node, []) if edge in EMBEDDING_ATTRIBUTES
+    ]
     if len(holders) != 1:
         return False
     layer = holders[0]
     in_keras_model = any(
-        KERAS_LAYER_EDGE.fullmatch(edge) for _, edge in evidence.parents.get(layer, [])
+        KERAS_LAYER_EDGE.fullmatch(edge)
+        or (
+            edge.isdigit()
+            and any(e in KERAS_LAYER_LISTS for _, e in evidence.parents.get(parent, []))
+        )
+        for parent, edge in evidence.parents.get(layer, [])
     )
     held = {v.node for v in variables.values() if v.node is not None}
     children = [

@@ -16,9 +16,13 @@ VALUE_ATTRIBUTE = "VARIABLE_VALUE"
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 SLOT_MARKER = "/.OPTIMIZER_SLOT/"
 OPTIMIZER_ROOT = "optimizer"
+# Where a Keras 3 optimizer tracks the model's own variables, which are not its state.
+OPTIMIZER_TRAINABLES = "_trainable_variables"
 ALL_VARIABLES_ROOT = "_all_variables"
-# An optimizer variable's name below its optimizer: `Adam/m/<the variable's own name>`.
+# A tf_keras optimizer names a slot `Adam/m/<the variable's own name>`.
 SLOT_NAME_DEPTH = 2
+# A Keras 3 optimizer names one `adam/<the variable's path, "/" made "_">_<slot>`.
+FLAT_SEPARATOR = "_"
 
 Parents = dict[int, list[tuple[int, str]]]
 
@@ -40,7 +44,15 @@ def root_of(key: str) -> str:
 
 
 def is_optimizer_key(key: str) -> bool:
-    return root_of(key) == OPTIMIZER_ROOT or SLOT_MARKER in key
+    """Whether a key holds optimizer state: it lies below an `optimizer` object (at the
+    root, or a Keras 3 model's own), other than the model variables it tracks."""
+    if SLOT_MARKER in key:
+        return True
+    parts = key.split("/")
+    for position, part in enumerate(parts[:-1]):
+        if part == OPTIMIZER_ROOT:
+            return parts[position + 1] != OPTIMIZER_TRAINABLES
+    return False
 
 
 @dataclass
@@ -129,6 +141,7 @@ def find_slots(variables: dict[str, Variable], graph: Any) -> dict[str, str]:
     for variable in variables.values():
         if variable.full_name and not is_optimizer_key(variable.key):
             names.setdefault(variable.full_name, []).append(variable.key)
+    flat_names = {name.replace("/", FLAT_SEPARATOR): keys for name, keys in names.items()}
     for variable in variables.values():
         key = variable.key
         if key in slot_of:
@@ -137,10 +150,14 @@ def find_slots(variables: dict[str, Variable], graph: Any) -> dict[str, str]:
             original = key.split(SLOT_MARKER, 1)[0] + VALUE_SUFFIX
             if original in variables:
                 slot_of[key] = original
-        elif root_of(key) == OPTIMIZER_ROOT and variable.full_name.count("/") >= SLOT_NAME_DEPTH:
+        elif is_optimizer_key(key) and variable.full_name.count("/") >= SLOT_NAME_DEPTH:
             owner = variable.full_name.split("/", SLOT_NAME_DEPTH)[SLOT_NAME_DEPTH]
             if len(names.get(owner, ())) == 1:
                 slot_of[key] = names[owner][0]
+        elif is_optimizer_key(key) and "/" in variable.full_name:
+            original = _flat_owner(variable.full_name.split("/", 1)[1], flat_names)
+            if original is not None:
+                slot_of[key] = original
         elif graph is None and "/" in key:
             original = key.rsplit("/", 1)[0]
             if original in variables:
@@ -150,6 +167,18 @@ def find_slots(variables: dict[str, Variable], graph: Any) -> dict[str, str]:
         for slot, original in slot_of.items()
         if variables[slot].shape == variables[original].shape
     }
+
+
+def _flat_owner(slot_name: str, flat_names: dict[str, list[str]]) -> str | None:
+    """The one variable whose flattened name begins a Keras 3 slot's name, if one does."""
+    owners = [
+        keys
+        for flat, keys in flat_names.items()
+        if slot_name.startswith(flat + FLAT_SEPARATOR) and len(slot_name) > len(flat) + 1
+    ]
+    if len(owners) == 1 and len(owners[0]) == 1:
+        return owners[0][0]
+    return None
 
 
 def pair_copies(
