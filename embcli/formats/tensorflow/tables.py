@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from embcli.formats.base import EMBEDDING_SUFFIX, EMBEDDING_VARIABLE, Table
 from embcli.formats.tensorflow.proto import KerasLayer
@@ -58,7 +59,7 @@ class Evidence:
     gathered: set[int] = field(default_factory=set)
     in_saved_model: bool = False
 
-    @property
+    @cached_property
     def layer_paths(self) -> dict[str, KerasLayer]:
         return {layer.path: layer for layer in self.layers.values()}
 
@@ -67,6 +68,11 @@ def build_tables(
     variables: dict[str, Variable], slot_of: dict[str, str], evidence: Evidence
 ) -> list[Table]:
     """Every 2-D numeric variable that is not optimizer state, as a table, in key order."""
+    held = {v.node for v in variables.values() if v.node is not None}
+    variables_of: dict[int, set[int]] = {}
+    for node in held:
+        for parent, _ in evidence.parents.get(node, []):
+            variables_of.setdefault(parent, set()).add(node)
     tables = []
     for variable in variables.values():
         key = variable.key
@@ -84,7 +90,7 @@ def build_tables(
         gathered = any(
             variables[k].node in evidence.gathered for k in keys if variables[k].node is not None
         )
-        if class_name is None and _is_keras_embedding(variable, variables, evidence, gathered):
+        if class_name is None and _is_keras_embedding(variable, variables_of, evidence, gathered):
             class_name = EMBEDDING_CLASS
         by_name = local == EMBEDDING_VARIABLE or gathered
         if class_name is not None:
@@ -118,9 +124,8 @@ def _describe(variable: Variable, evidence: Evidence) -> tuple[str, str, str | N
     if layer is not None:
         names = []
         parts = layer.path.split(".")
-        layer_paths = evidence.layer_paths
         for end in range(2, len(parts) + 1):
-            enclosing = layer_paths.get(".".join(parts[:end]))
+            enclosing = evidence.layer_paths.get(".".join(parts[:end]))
             if enclosing is not None:
                 names.append(enclosing.name)
         owner = "/".join(parts[1:])
@@ -148,9 +153,12 @@ def _layer_of(variable: Variable, evidence: Evidence) -> tuple[KerasLayer | None
 
 
 def _is_keras_embedding(
-    variable: Variable, variables: dict[str, Variable], evidence: Evidence, gathered: bool
+    variable: Variable, variables_of: dict[int, set[int]], evidence: Evidence, gathered: bool
 ) -> bool:
-    """Whether the artifact shows the variable to be a Keras `Embedding`'s table."""
+    """Whether the artifact shows the variable to be a Keras `Embedding`'s table.
+
+    `variables_of` maps an object-graph node to the nodes of the variables it holds.
+    """
     parts = variable.full_name.split("/")
     if len(parts) < 2 or parts[-1] != EMBEDDING_VARIABLE:
         return False
@@ -172,13 +180,7 @@ def _is_keras_embedding(
         )
         for parent, edge in evidence.parents.get(layer, [])
     )
-    held = {v.node for v in variables.values() if v.node is not None}
-    children = [
-        node
-        for node, edges in evidence.parents.items()
-        if node in held and any(parent == layer for parent, _ in edges)
-    ]
-    return in_keras_model and children == [variable.node]
+    return in_keras_model and variables_of.get(layer) == {variable.node}
 
 
 def _int8_scale(variable: Variable, variables: dict[str, Variable]) -> str | None:

@@ -172,9 +172,9 @@ def find_slots(variables: dict[str, Variable], graph: Any) -> dict[str, str]:
 def _flat_owner(slot_name: str, flat_names: dict[str, list[str]]) -> str | None:
     """The one variable whose flattened name begins a Keras 3 slot's name, if one does."""
     owners = [
-        keys
-        for flat, keys in flat_names.items()
-        if slot_name.startswith(flat + FLAT_SEPARATOR) and len(slot_name) > len(flat) + 1
+        flat_names[slot_name[:cut]]
+        for cut, character in enumerate(slot_name[:-1])
+        if character == FLAT_SEPARATOR and slot_name[:cut] in flat_names
     ]
     if len(owners) == 1 and len(owners[0]) == 1:
         return owners[0][0]
