@@ -79,6 +79,7 @@ def tf_keras_lookalikes(tmp_path_factory):
     return prefix
 
 
+@pytest.mark.keras
 def test_only_a_keras_embedding_layer_is_called_embedding(tf_keras_lookalikes):
     custom = "layer_with_weights-1/{}/.ATTRIBUTES/VARIABLE_VALUE"
     assert classes(tf_keras_lookalikes) == {
@@ -126,5 +127,6 @@ def k3_lookalikes(tmp_path_factory):
     return folder
 
 
+@pytest.mark.keras
 def test_only_a_gathered_embeddings_variable_of_an_export_is_an_embedding(k3_lookalikes):
     assert classes(k3_lookalikes) == {"words": "Embedding", "position": None, "embeddings": None}

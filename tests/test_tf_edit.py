@@ -121,6 +121,7 @@ def test_resized_tensors_have_the_new_shapes_and_the_rest_is_identical(resized):
         assert model.optimizer_slots(table) == WORD_SLOTS
 
 
+@pytest.mark.keras
 def test_tf_keras_loads_the_resized_checkpoint_with_its_optimizer_state(resized):
     keras = pytest.importorskip("tf_keras")
     _, new, out = resized

@@ -142,6 +142,7 @@ def keras3_checkpoint(request, tmp_path_factory):
     return request.param, prefix
 
 
+@pytest.mark.keras
 def test_keras3_checkpoint_tables_are_named_by_their_variables(keras3_checkpoint):
     _, prefix = keras3_checkpoint
     with open_model(prefix) as model:
@@ -157,6 +158,7 @@ def test_keras3_checkpoint_tables_are_named_by_their_variables(keras3_checkpoint
     assert not any(t.weight in slots for t in tables)
 
 
+@pytest.mark.keras
 def test_keras3_checkpoint_slots_are_reset_and_keras_restores_them(
     runner, keras3_checkpoint, tmp_path
 ):
