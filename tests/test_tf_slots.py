@@ -84,6 +84,31 @@ def test_tf_keras_new_optimizer_slots_are_reset(runner, tmp_path):
     )
 
 
+@pytest.mark.keras
+def test_tf_keras_model_in_a_tf_train_checkpoint(runner, tmp_path):
+    keras = pytest.importorskip("tf_keras")
+    ids = keras.Input((3,), dtype="int32")
+    table = keras.layers.Embedding(30, 4, name="e")
+    model = keras.Model(ids, keras.layers.Dense(1, name="d")(keras.layers.Flatten()(table(ids))))
+    model.compile(keras.optimizers.Adam(), "mse")
+    model.fit(np.array([[1, 2, 29], [2, 5, 7]]), np.ones((2, 1)), verbose=0)
+    prefix = tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(str(tmp_path / "ck"))
+    with open_model(prefix) as opened:
+        tables = list_tables(opened, all_weights=True)
+        assert [(t.name, t.class_name, t.weight) for t in tables] == [
+            ("e", "Embedding", "model/layer_with_weights-0/embeddings/.ATTRIBUTES/VARIABLE_VALUE"),
+            ("d", None, "model/layer_with_weights-1/kernel/.ATTRIBUTES/VARIABLE_VALUE"),
+        ]
+        slots = opened.optimizer_slots(tables[0])
+    names = variable_names(prefix)
+    assert [names[key] for key in slots] == ["Adam/m/e/embeddings", "Adam/v/e/embeddings"]
+    before = checkpoint_tensors(prefix)
+    assert all(np.any(before[slot][ROWS] != 0, axis=1).all() for slot in slots)
+    out = tmp_path / "reset"
+    reset(runner, prefix, out, "e", ROWS)
+    assert_only_rows_zeroed(before, checkpoint_tensors(out), [tables[0].weight, *slots], ROWS)
+
+
 KERAS3_MODEL = r"""
 import json
 import sys
