@@ -122,8 +122,8 @@ def resize(
     with open_model(path, recover_edits=in_place) as artifact:
         if not artifact.reshapes_weights:
             raise UnsupportedEdit(
-                f"{artifact.format_name}: its shapes are fixed by the file "
-                "(a SavedModel's graph); resize the model it was made from"
+                f"{path}: a SavedModel's graph fixes the shapes of its tables; "
+                "resize the model it was exported from"
             )
         if not in_place:
             atomic.check_output(target, force)

@@ -92,6 +92,7 @@ class TensorFlowFile(ModelFile):
         self.saved_model = saved_model
         self.state_folder = state_folder
         self.format_name = "tensorflow savedmodel" if saved_model else "tensorflow checkpoint"
+        self.reshapes_weights = saved_model is None
         index = index_file(prefix)
         check_regular(index)
         shards = data_files(prefix)
