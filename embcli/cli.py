@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from embcli import __version__
-from embcli.commands import assign, audit, read, resize
+from embcli.commands import assign, audit, read, resize, vocab
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -68,6 +68,6 @@ def cli() -> None:
     """
 
 
-for module in (read, assign, resize, audit):
+for module in (read, assign, resize, vocab, audit):
     for command in module.COMMANDS:
         cli.add_command(command)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from embcli.errors import BadVocabulary, UnsupportedEdit
+from embcli.token_lists import token_list_text
 from embcli.vocab import INTEGER_LOOKUP, LOOKUP_CLASSES, Vocabulary
 
 CONFIG_SOURCE = "config:"
@@ -63,15 +64,15 @@ def replace_vocabulary(
     """Make `tokens` (one a row, special rows included) the vocabulary, wherever
     `vocabulary` lives. The special rows must stay where the lookup layer puts them."""
     change = VocabularyChange()
+    if vocabulary.source.startswith(FILE_SOURCE):
+        change.file_text = token_list_text(tokens)
+        return change
     specials = vocabulary.tokens[: vocabulary.specials]
     if tokens[: len(specials)] != specials:
         raise UnsupportedEdit(
             f"the first {len(specials)} rows must hold the lookup layer's special tokens "
             f"({', '.join(repr(t) for t in specials)})"
         )
-    if vocabulary.source.startswith(FILE_SOURCE):
-        change.file_text = "".join(f"{t}\n" for t in tokens)
-        return change
     layer = _lookup_layer(config, vocabulary.layer) if config is not None else None
     if layer is None:
         raise UnsupportedEdit(f"cannot find where the model keeps {vocabulary.source}")
