@@ -218,7 +218,9 @@ class Model:
         """The table's `Vocabulary` (tokens, where they came from, special rows)."""
         from embcli.vocab import table_vocabulary
 
-        return table_vocabulary(self.artifact, self.table(name), path, column)
+        return table_vocabulary(
+            self.artifact, self.table(name), _optional_path(path, "path"), column
+        )
 
     def close(self) -> None:
         if self._artifact is not None:
@@ -245,6 +247,10 @@ def open(path: PathLike) -> Model:  # noqa: A001 - the name users expect: embcli
     """
     path = _as_path(path, "path")
     return Model(open_model(path), path)
+
+
+def _optional_path(value: Any, what: str) -> Path | None:
+    return None if value is None else _as_path(value, what)
 
 
 def _as_path(value: Any, what: str) -> Path:
@@ -409,7 +415,7 @@ def _token_vectors(
     from embcli.pretrained import vocabulary_vectors
     from embcli.vocab import require_vocabulary
 
-    vocabulary = require_vocabulary(artifact, table, vocab, vocab_column)
+    vocabulary = require_vocabulary(artifact, table, _optional_path(vocab, "vocab"), vocab_column)
     if output is not None:
         check_output(output, force)
         problem = output_suffix_problem(artifact, output)

@@ -114,7 +114,7 @@ def plan_patches(
     check_shape(values, table, len(rows))
     patches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if table.quantized == "int8" and table.scale is not None:
-        cast_values(values, np.float32, allow_lossy=allow_lossy, allow_nonfinite=False)
+        cast_values(values, np.dtype(np.float32), allow_lossy=allow_lossy, allow_nonfinite=False)
         quantized, scale = quantize_rows(values)
         _, scale_dtype = model.weight_info(table.scale)
         patches[table.weight] = (rows, quantized)

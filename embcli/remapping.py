@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from embcli import atomic
-from embcli.api import Notify, PathLike, _as_path
+from embcli.api import Notify, PathLike, _as_path, _optional_path
 from embcli.edit import output_suffix_problem, verify_file
 from embcli.errors import BadArgument, BadVocabulary, UnsupportedEdit
 from embcli.formats.base import Edit, FilePlan, ModelFile, Table
@@ -110,7 +110,9 @@ def remap(
     with open_model(path, recover_edits=in_place) as artifact:
         _check_writable(artifact, path, target, in_place, force)
         table = find_table(artifact, name)
-        vocabulary = require_vocabulary(artifact, table, vocab, vocab_column)
+        vocabulary = require_vocabulary(
+            artifact, table, _optional_path(vocab, "vocab"), vocab_column
+        )
         tokens = _new_tokens(to, vocabulary)
         rows = _row_map(vocabulary, table, tokens)
         added = [t for t, source in zip(tokens, rows.sources, strict=True) if source == NEW_ROW]

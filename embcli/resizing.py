@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from embcli import atomic
-from embcli.api import Notify, PathLike, _as_path, _vectors
+from embcli.api import Notify, PathLike, _as_path, _optional_path, _vectors
 from embcli.edit import output_suffix_problem, verify_file
 from embcli.errors import BadArgument, BadVectors, UnsupportedEdit
 from embcli.formats.base import FilePlan, ModelFile, Table
@@ -133,9 +133,9 @@ def resize(
         table = find_table(artifact, name)
         planner = TablePlan(artifact, table, method, np.random.default_rng(seed), allow_lossy)
         vocabulary = (
-            require_vocabulary(artifact, table, vocab, vocab_column)
+            require_vocabulary(artifact, table, _optional_path(vocab, "vocab"), vocab_column)
             if add_tokens is not None
-            else table_vocabulary(artifact, table, vocab, vocab_column)
+            else table_vocabulary(artifact, table, _optional_path(vocab, "vocab"), vocab_column)
         )
         added, skipped = _new_tokens(add_tokens or [], vocabulary, table)
         if skipped:

@@ -89,7 +89,11 @@ def vocab(model: str, layer: str | None, output: Path | None, renames: tuple[str
         raise NoVocabulary(f"no vocabulary is known for {table.name}", remedy="vocab")
     if output is not None:
         text = token_list_text(found.tokens)
-        write_new_file(output, force, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+        def write(temp: Path) -> None:
+            temp.write_text(text, encoding="utf-8")
+
+        write_new_file(output, force, write)
         click.echo(f"wrote {len(found)} tokens of {table.name} to {output}", err=True)
     elif mode == "json":
         click.echo(to_json({"layer": table.name, "source": found.source, "tokens": found.tokens}))

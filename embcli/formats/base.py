@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -51,7 +51,7 @@ class Table:
     name: str
     qualified: str
     class_name: str | None
-    shape: tuple[int, int]
+    shape: tuple[int, ...]
     dtype: str
     weight: str
     quantized: str | None = None
@@ -305,7 +305,7 @@ class H5Source:
     def __init__(
         self,
         path: Path,
-        source: object | None = None,
+        source: Any = None,
         size: int | None = None,
         base_offset: int = 0,
     ) -> None:
