@@ -113,7 +113,12 @@ def plan_patches(
     """The stored values to write, keyed by weight: `{weight: (rows, values)}`."""
     check_shape(values, table, len(rows))
     patches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if table.quantized == "int8" and table.scale is not None:
+    if table.codec is not None:
+        from embcli.quantized import encode_rows
+
+        cast_values(values, np.dtype(np.float32), allow_lossy=allow_lossy, allow_nonfinite=False)
+        patches.update(encode_rows(model, table, rows, values))
+    elif table.quantized == "int8" and table.scale is not None:
         cast_values(values, np.dtype(np.float32), allow_lossy=allow_lossy, allow_nonfinite=False)
         quantized, scale = quantize_rows(values)
         _, scale_dtype = model.weight_info(table.scale)

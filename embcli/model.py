@@ -69,7 +69,9 @@ def list_tables(model: ModelFile, all_weights: bool = False) -> list[Table]:
             unique_qualified = qualified_counts[table.qualified] == 1
             table = table.renamed(table.qualified if unique_qualified else table.weight)
         named.append(table)
-    return [t for t in named if all_weights or t.is_embedding]
+    from embcli.quantized import with_codec
+
+    return [with_codec(model, t) for t in named if all_weights or t.is_embedding]
 
 
 def _keys(table: Table) -> set[str]:
@@ -121,6 +123,10 @@ def decode(
         return stored.astype(np.float32)
     if raw or table.quantized is None:
         return stored
+    if table.codec is not None:
+        from embcli.quantized import decode_rows
+
+        return decode_rows(model, table, rows)
     if table.quantized != "int8" or table.scale is None:
         raise UnsupportedEdit(
             f"{table.name} is {table.quantized}-quantized and embcli cannot dequantize it",

@@ -73,7 +73,7 @@ class TablePlan:
         rng: np.random.Generator,
         allow_lossy: bool = False,
     ) -> None:
-        if table.quantized not in (None, "int8") or (table.quantized and table.scale is None):
+        if table.quantized is not None and table.codec is None and table.scale is None:
             raise UnsupportedEdit(
                 f"{table.name} is {table.quantized}-quantized; embcli cannot change its rows yet"
             )
@@ -95,11 +95,29 @@ class TablePlan:
             followers += self._head(head, rows.added)
         for follower in list(followers):
             followers += self._slots(follower)
+        self._refuse_unknown_followers(followers)
         edit = Edit()
         for follower in followers:
             edit.weights[follower.weight] = self._new_weight(follower, rows)
         edit.checks.append(self._check(rows, followers[0]))
         return edit, [f.weight for f in followers]
+
+    def _refuse_unknown_followers(self, followers: list[_Follower]) -> None:
+        """Refuse when another weight of the layer has the table's row count along an
+        axis and embcli does not know that it follows the rows: the model would no
+        longer load."""
+        moved = {f.weight for f in followers}
+        shared = set()
+        if self.table.codec is not None:
+            codec = self.table.codec.embeddings
+            shared = {p.variable.path for p in codec.parts.values() if p.vocab_axis is None}
+        for weight in self.artifact.weights_of(self.table):
+            shape, _ = self.artifact.weight_info(weight)
+            if weight not in moved | shared and self.table.rows in tuple(shape):
+                raise UnsupportedEdit(
+                    f"{weight} has {self.table.rows} entries along an axis, as "
+                    f"{self.table.name} has rows, and embcli does not know how it follows them"
+                )
 
     def _check(self, rows: RowMap, table: _Follower) -> tuple[str, np.ndarray, np.ndarray]:
         """A few rows of the new table, as the written copy must read them back."""
@@ -133,6 +151,16 @@ class TablePlan:
     def _table(self, values: np.ndarray) -> list[_Follower]:
         table = self.table
         shape, dtype = self.artifact.weight_info(table.weight)
+        if table.codec is not None:
+            from embcli.quantized import encoded_rows
+
+            cast_values(values, np.dtype(np.float32), allow_lossy=self.allow_lossy)
+            followers = []
+            for weight, stored in encoded_rows(self.artifact, table, values).items():
+                part_shape, part_dtype = self.artifact.weight_info(weight)
+                followers.append(_Follower(weight, part_shape, 0, part_dtype, stored))
+            followers.sort(key=lambda f: f.weight != table.weight)
+            return followers
         if table.quantized == "int8" and table.scale is not None:
             cast_values(values, np.dtype(np.float32), allow_lossy=self.allow_lossy)
             quantized, scales = quantize_rows(values)
@@ -149,6 +177,10 @@ class TablePlan:
         """An untied output table of the same layer, `(dim, rows)`: its added columns get
         the same init, computed over its own columns."""
         table = self.table
+        if table.codec is not None and table.codec.reverse is not None:
+            raise UnsupportedEdit(
+                f"{table.name}: a quantized untied output table cannot be changed yet"
+            )
         siblings = [
             t
             for t in list_tables(self.artifact, all_weights=True)

@@ -46,6 +46,9 @@ class Table:
         is_embedding: False for 2-D weights listed only by `--all`.
         aliases: other names `--layer` accepts for this table.
         owner: the layer's path or group, which assets and optimizer slots refer to.
+        codec: for quantized tables, how the layer stores its rows (an
+            `embcli.quantization.LayerCodecs`); `shape` is then the table's shape as
+            the model sees it, not the stored one.
     """
 
     name: str
@@ -59,6 +62,7 @@ class Table:
     is_embedding: bool = True
     aliases: tuple[str, ...] = ()
     owner: str = ""
+    codec: Any = field(default=None, compare=False, repr=False)
 
     @property
     def rows(self) -> int:
