@@ -44,8 +44,16 @@ class RemapResult:
     dropped: list[str]
     moved: int
     output: Path
-    index_map: list[tuple[int, int]] = field(default_factory=list)
+    rows: RowMap | None = None
     config: list[dict] = field(default_factory=list)
+
+    @property
+    def index_map(self) -> list[tuple[int, int]]:
+        """`(old_index, new_index)` for each kept row, in new-row order."""
+        if self.rows is None:
+            return []
+        new = np.flatnonzero(self.rows.sources != NEW_ROW)
+        return list(zip(self.rows.sources[new].tolist(), new.tolist(), strict=True))
 
     def record(self) -> dict:
         return {
@@ -126,17 +134,18 @@ def remap(
         if vocabulary_file is not None:
             plan.files.append(FilePlan(vocabulary_file_beside(target), content=vocabulary_file))
         atomic.execute(plan, verify_file)
-    index_map = [(int(old), new) for new, old in enumerate(rows.sources) if old != NEW_ROW]
+    new_rows = np.flatnonzero(rows.sources != NEW_ROW)
+    old_rows = rows.sources[new_rows]
     if map_out is not None:
-        text = "".join(f"{old}\t{new}\n" for old, new in index_map)
-        atomic.write_new_file(_as_path(map_out, "map_out"), True, _writer(text))
-    kept_rows = {old for old, _ in index_map}
-    dropped = [t for i, t in enumerate(vocabulary.tokens[: table.rows]) if i not in kept_rows]
-    kept = [t for t, s in zip(tokens, rows.sources, strict=True) if s != NEW_ROW]
+        atomic.write_new_file(_as_path(map_out, "map_out"), True, _index_writer(old_rows, new_rows))
+    still_there = np.zeros(len(vocabulary), dtype=bool)
+    still_there[old_rows[old_rows < len(vocabulary)]] = True
+    dropped = [vocabulary.tokens[i] for i in np.flatnonzero(~still_there).tolist()]
+    kept = [tokens[j] for j in new_rows.tolist()]
     return RemapResult(
         layer=table.name, old_rows=table.rows, new_rows=rows.rows, kept=kept, added=added,
-        dropped=dropped, moved=sum(old != new for old, new in index_map), output=target,
-        index_map=index_map, config=changes,
+        dropped=dropped, moved=int((old_rows != new_rows).sum()), output=target, rows=rows,
+        config=changes,
     )  # fmt: skip
 
 
@@ -199,9 +208,13 @@ def _check_writable(
             raise UnsupportedEdit(problem)
 
 
-def _writer(text: str):
+def _index_writer(old_rows: np.ndarray, new_rows: np.ndarray):
     def write(temp: Path) -> None:
-        temp.write_text(text, encoding="utf-8")
+        with open(temp, "w", encoding="ascii") as handle:
+            for start in range(0, len(new_rows), 65536):
+                pairs = zip(old_rows[start : start + 65536].tolist(),
+                            new_rows[start : start + 65536].tolist(), strict=True)  # fmt: skip
+                handle.write("".join(f"{old}\t{new}\n" for old, new in pairs))
 
     return write
 
@@ -237,14 +250,17 @@ def _row_map(vocabulary: Vocabulary, table: Table, tokens: list[str]) -> RowMap:
             f"{table.name} has only {table.rows} rows"
         )
     specials = vocabulary.tokens[: vocabulary.specials]
+    first_row: dict[str, int] = {}
+    for row in range(len(vocabulary) - 1, len(specials) - 1, -1):
+        first_row[vocabulary.tokens[row]] = row
+    for row in range(len(specials) - 1, -1, -1):
+        first_row.setdefault(specials[row], row)
     sources = np.full(len(tokens), NEW_ROW, dtype=np.int64)
     for position, token in enumerate(tokens):
         if position < len(specials) and token == specials[position]:
             sources[position] = position
-            continue
-        rows = [r for r in vocabulary.rows_of(token) if r >= len(specials) or token not in specials]
-        if rows:
-            sources[position] = rows[0]
+        elif token in first_row:
+            sources[position] = first_row[token]
     return RowMap(sources)
 
 

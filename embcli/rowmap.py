@@ -24,6 +24,7 @@ from embcli.model import BLOCK_BYTES, find_table, iter_blocks, list_tables
 REVERSE_EMBEDDINGS = "reverse_embeddings"
 REVERSIBLE_EMBEDDING = "ReversibleEmbedding"
 NEW_ROW = -1
+COPY_BLOCK_BYTES = 8 * 1024 * 1024  # a gathered block may read a few times this
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,7 @@ class TablePlan:
         shape[follower.axis] = rows.rows
         artifact, weight, axis = self.artifact, follower.weight, follower.axis
         row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * follower.dtype.itemsize
-        step = max(1, BLOCK_BYTES // max(1, row_bytes))
+        step = max(1, COPY_BLOCK_BYTES // max(1, row_bytes))
         sources = rows.sources
         old = sources != NEW_ROW
         ordinals = rows.ordinals()
@@ -282,8 +283,7 @@ class TablePlan:
                     continue
                 block = np.empty((stop - start, *shape[1:]), dtype=follower.dtype)
                 if block_old.any():
-                    unique, inverse = np.unique(block_sources[block_old], return_inverse=True)
-                    block[block_old] = artifact.read(weight, unique)[inverse]
+                    block[block_old] = _gather(artifact, weight, block_sources[block_old])
                 if (~block_old).any():
                     block[~block_old] = added[ordinals[start:stop][~block_old]]
                 yield block
@@ -298,6 +298,21 @@ class TablePlan:
                 yield block
 
         return NewWeight(tuple(shape), follower.dtype, along_rows if axis == 0 else along_columns)
+
+
+SPAN_READ_FACTOR = 4
+
+
+def _gather(artifact: ModelFile, weight: str, sources: np.ndarray) -> np.ndarray:
+    """Stored rows `sources` (any order, repeats allowed) of a weight. Rows that lie
+    close together are read as the one range that covers them, which is much faster
+    than many small reads; scattered rows are read one run at a time."""
+    unique, inverse = np.unique(sources, return_inverse=True)
+    first, last = int(unique[0]), int(unique[-1])
+    if last - first + 1 <= SPAN_READ_FACTOR * len(unique):
+        span = artifact.read(weight, slice(first, last + 1))
+        return span[unique - first][inverse]
+    return artifact.read(weight, unique)[inverse]
 
 
 def _sibling(table: Table, weight: str) -> str:
