@@ -323,6 +323,7 @@ def assign(
         progress: called with bytes of `by_token` read, as it is read.
     """
     from embcli.edit import assign as assign_rows
+    from embcli.rowspec import refuse_repeats
 
     path = _as_path(path, "path")
     if (output is None) == (not in_place):
@@ -345,7 +346,7 @@ def assign(
             )  # fmt: skip
         else:
             indices = (
-                _distinct(resolve_rows(rows, table.rows)[0])
+                refuse_repeats(resolve_rows(rows, table.rows)[0])
                 if rows is not None
                 else np.arange(table.rows, dtype=np.int64)
             )
@@ -360,16 +361,6 @@ def assign(
             reset_optimizer_rows=reset_optimizer_rows,
         )  # fmt: skip
     return AssignResult(table, result.rows, target, result.optimizer_slots, coverage)
-
-
-def _distinct(indices: np.ndarray) -> np.ndarray:
-    """Rows to assign, each named once: a row given twice would take two values."""
-    unique, counts = np.unique(indices, return_counts=True)
-    repeated = unique[counts > 1]
-    if repeated.size:
-        shown = ", ".join(str(int(r)) for r in repeated[:10])
-        raise BadRowSpec(f"rows given more than once: {shown}")
-    return indices
 
 
 def _vectors(values: Any, key: str | None, table: Table, count: int, whole: bool) -> np.ndarray:
