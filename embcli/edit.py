@@ -100,6 +100,23 @@ def output_suffix_problem(model: ModelFile, output: Path) -> str | None:
     return None
 
 
+def check_reshapable_copy(
+    model: ModelFile, path: Path, target: Path, in_place: bool, force: bool
+) -> None:
+    """Refuse, before any work, an edit that reshapes weights where the format cannot,
+    or whose output exists (without `force`) or is misnamed."""
+    if not model.reshapes_weights:
+        raise UnsupportedEdit(
+            f"{path}: a SavedModel's graph fixes the shapes of its tables; "
+            "change the model it was exported from"
+        )
+    if not in_place:
+        atomic.check_output(target, force)
+        problem = output_suffix_problem(model, target)
+        if problem:
+            raise UnsupportedEdit(problem)
+
+
 def plan_patches(
     model: ModelFile,
     table: Table,

@@ -18,7 +18,7 @@ import numpy as np
 
 from embcli import atomic
 from embcli.api import Notify, PathLike, _as_path, _optional_path
-from embcli.edit import output_suffix_problem, verify_file
+from embcli.edit import check_reshapable_copy, verify_file
 from embcli.errors import BadArgument, BadVocabulary, UnsupportedEdit
 from embcli.formats.base import Edit, FilePlan, ModelFile, Table
 from embcli.init import parse_init
@@ -116,7 +116,7 @@ def remap(
     method = parse_init(init)
     say = notify or (lambda line: None)
     with open_model(path, recover_edits=in_place) as artifact:
-        _check_writable(artifact, path, target, in_place, force)
+        check_reshapable_copy(artifact, path, target, in_place, force)
         table = find_table(artifact, name)
         vocabulary = require_vocabulary(
             artifact, table, _optional_path(vocab, "vocab"), vocab_column
@@ -167,7 +167,7 @@ def rename_tokens(
         raise BadArgument("give at least one token to rename")
     target = path if in_place else _as_path(output, "output")
     with open_model(path, recover_edits=in_place) as artifact:
-        _check_writable(artifact, path, target, in_place, force)
+        check_reshapable_copy(artifact, path, target, in_place, force)
         table = find_table(artifact, name)
         vocabulary = require_vocabulary(artifact, table)
         tokens = list(vocabulary.tokens)
@@ -191,21 +191,6 @@ def rename_tokens(
         plan = artifact.plan_edit(target, edit, in_place)
         atomic.execute(plan, verify_file)
     return changed
-
-
-def _check_writable(
-    artifact: ModelFile, path: Path, target: Path, in_place: bool, force: bool
-) -> None:
-    if not artifact.reshapes_weights:
-        raise UnsupportedEdit(
-            f"{path}: a SavedModel's graph fixes the shapes of its tables; "
-            "change the model it was exported from"
-        )
-    if not in_place:
-        atomic.check_output(target, force)
-        problem = output_suffix_problem(artifact, target)
-        if problem:
-            raise UnsupportedEdit(problem)
 
 
 def _index_writer(old_rows: np.ndarray, new_rows: np.ndarray):

@@ -20,7 +20,7 @@ import numpy as np
 
 from embcli import atomic
 from embcli.api import Notify, PathLike, _as_path, _optional_path, _vectors
-from embcli.edit import output_suffix_problem, verify_file
+from embcli.edit import check_reshapable_copy, verify_file
 from embcli.errors import BadArgument, BadVectors, UnsupportedEdit
 from embcli.formats.base import FilePlan, ModelFile, Table
 from embcli.init import parse_init
@@ -120,16 +120,7 @@ def resize(
     method = parse_init(init)
     say = notify or (lambda line: None)
     with open_model(path, recover_edits=in_place) as artifact:
-        if not artifact.reshapes_weights:
-            raise UnsupportedEdit(
-                f"{path}: a SavedModel's graph fixes the shapes of its tables; "
-                "resize the model it was exported from"
-            )
-        if not in_place:
-            atomic.check_output(target, force)
-            problem = output_suffix_problem(artifact, target)
-            if problem:
-                raise UnsupportedEdit(problem)
+        check_reshapable_copy(artifact, path, target, in_place, force)
         table = find_table(artifact, name)
         planner = TablePlan(artifact, table, method, np.random.default_rng(seed), allow_lossy)
         vocabulary = (
