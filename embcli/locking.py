@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from embcli.durable import pause_point
 from embcli.errors import EmbcliError
 
 DEFAULT_TIMEOUT = 5.0
@@ -119,6 +120,7 @@ def _wait_for_flock(fd: int, exclusive: bool, deadline: float) -> bool:
     """Take the lock before `deadline`; False when the wait ran out. A lock the file
     system does not support counts as taken."""
     operation = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+    waited = False
     while True:
         try:
             fcntl.flock(fd, operation)
@@ -126,6 +128,9 @@ def _wait_for_flock(fd: int, exclusive: bool, deadline: float) -> bool:
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 return False
+            if not waited:
+                waited = True
+                pause_point("lock-wait")
             time.sleep(POLL_SECONDS)
         except OSError as exc:
             if exc.errno in _UNLOCKABLE:
@@ -151,6 +156,8 @@ def _acquire(path: Path, exclusive: bool, timeout: float | None, unchanged: bool
             return None
         key = (status.st_dev, status.st_ino)
         with _guard:
+            if exclusive:
+                _refuse_if_replaced(shown, target, key)
             held = _held.get(key)
             if held is not None:
                 if exclusive and not held.exclusive:
@@ -177,6 +184,21 @@ def _acquire(path: Path, exclusive: bool, timeout: float | None, unchanged: bool
             return key
 
 
+def _changed(shown: Path) -> ModelChanged:
+    return ModelChanged(
+        f"{shown} was changed by another process after it was read; "
+        "nothing was written, so the edit can simply be made again"
+    )
+
+
+def _refuse_if_replaced(shown: Path, target: Path, key: tuple[int, int]) -> None:
+    """A model this process reads, which another process has since replaced by a rename,
+    may not be written from what was read."""
+    for held_key, held in _held.items():
+        if held.path == target and held_key != key and not held.exclusive:
+            raise _changed(shown)
+
+
 def _upgrade(held: _Held, shown: Path, deadline: float, unchanged: bool) -> None:
     """Turn this process's shared lock into an exclusive one. Linux drops the shared lock
     while it waits, so the model must then be checked to be the one that was read."""
@@ -193,10 +215,7 @@ def _upgrade(held: _Held, shown: Path, deadline: float, unchanged: bool) -> None
     changed = _fingerprint(now) != held.seen if unchanged else now.st_size != held.seen[1]
     if replaced or changed:
         _downgrade(held)
-        raise ModelChanged(
-            f"{shown} was changed by another process after it was read; "
-            "nothing was written, so the edit can simply be made again"
-        )
+        raise _changed(shown)
 
 
 def _downgrade(held: _Held) -> None:
