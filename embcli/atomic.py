@@ -19,11 +19,12 @@ import signal
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from embcli import locking
-from embcli.commit import TEMP_PREFIX, Step, commit, in_use
+from embcli.commit import TEMP_PREFIX, Step, commit, in_use, record_path
 from embcli.durable import fsync_path, pause_point, process_alive
 from embcli.errors import EmbcliError, OutputExists, VerificationFailed
 from embcli.formats.base import FilePlan, WritePlan
@@ -96,7 +97,8 @@ def temporary_folder(parent: Path) -> Iterator[Path]:
             yield folder
         finally:
             with signals_deferred():
-                shutil.rmtree(folder, ignore_errors=True)
+                if not record_path(parent, folder).exists():
+                    shutil.rmtree(folder, ignore_errors=True)
                 os.close(fd)
 
 
@@ -120,7 +122,35 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until a sequence that must not be cut short is done."""
+    """Hold Ctrl-C and SIGTERM until a sequence that must not be cut short is done, then
+    act on them. (Blocking the signals is not enough: any thread that a library started
+    may take them, and Python would raise in the main thread all the same.)"""
+    caught: list[int] = []
+    previous: dict[int, Any] = {}
+    try:
+        for held in (signal.SIGINT, signal.SIGTERM):
+            previous[held] = signal.signal(held, lambda number, frame: caught.append(number))
+    except ValueError:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        with _blocked():
+            yield
+        return
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if caught:
+        handler = previous.get(caught[0])
+        if callable(handler):
+            handler(caught[0], None)
+        elif handler != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _blocked() -> Iterator[None]:
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return

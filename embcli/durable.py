@@ -81,7 +81,9 @@ def pause_point(step: str) -> None:
     ready = os.environ.get(PAUSE_READY_VARIABLE)
     if not ready:
         return
-    Path(ready).write_text(f"{os.getpid()}\n")
+    announce = Path(f"{ready}.{os.getpid()}")
+    announce.write_text(f"{os.getpid()}\n")
+    os.replace(announce, ready)
     go = Path(ready + ".go")
     deadline = time.monotonic() + 600.0
     while not go.exists() and time.monotonic() < deadline:

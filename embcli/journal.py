@@ -269,9 +269,17 @@ def _journals(folder: Path) -> list[Path]:
 
 
 def pending(folder: Path) -> list[tuple[Path, Path]]:
-    """`(journal, file)` for each edit in `folder` that a killed process left half done.
-    Only reads."""
+    """`(journal or commit record, file)` for each edit or commit in `folder` (or of
+    `folder`) that a killed process left half done. Only reads."""
+    from embcli import commit
+
+    folder = resolved(folder)
     found = []
+    for place in {folder, folder.parent}:
+        for unfinished in commit.pending(place):
+            if place == folder or unfinished.touches(folder):
+                target = next(s.target for s in unfinished.steps if s.staged is not None)
+                found.append((unfinished.record, target))
     for journal in _journals(folder):
         if journal.name.endswith(PARTIAL_SUFFIX):
             continue

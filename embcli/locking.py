@@ -289,6 +289,7 @@ def exclusive(
         ModelBusy: another process held the model for longer than `timeout` seconds.
         ModelChanged: another process wrote the model after this one read it.
     """
+    pause_point("write-start")
     upgrade = _is_shared_in_this_process(Path(path))
     key = _acquire(Path(path), True, timeout, unchanged=not patches_only)
     try:
