@@ -301,8 +301,8 @@ def pending_for(model: Path) -> list[tuple[Path, Path]]:
     models in the same folder are not looked at beyond their journals' headers."""
     from embcli import commit
 
-    real = resolved(model)
-    if not real.exists():
+    named = real = resolved(model)
+    if not real.exists() and resolved(Path(f"{model}.index")).exists():
         real = resolved(Path(f"{model}.index"))
     folder = real if real.is_dir() else real.parent
     found = []
@@ -315,7 +315,7 @@ def pending_for(model: Path) -> list[tuple[Path, Path]]:
                 found.append((journal, loaded.target))
     for place in {folder, real.parent}:
         for unfinished in commit.pending(place):
-            if unfinished.touches(real) or unfinished.touches(folder):
+            if unfinished.touches(real) or unfinished.touches(named):
                 found.append((unfinished.record, real))
     return found
 

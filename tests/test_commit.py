@@ -137,7 +137,8 @@ def test_a_write_killed_at_any_step_leaves_old_or_new_and_recover_finishes_it(
         if os.path.lexists(model) or mode != "new":
             assert "was interrupted" in result.output, result.output
         else:
-            assert result.output == f"Error: {model}: no such file or folder\n"
+            absent = f"Error: {model}: no such file or folder\n"
+            assert "was interrupted" in result.output or result.output == absent
         assert runner.invoke(cli, ["recover", str(model)]).exit_code == 0
         by_name = fixture.startswith("tfk_")
         assert model_files(folder, by_name) == model_files(expected_model.parent, by_name)
@@ -345,3 +346,51 @@ def test_an_in_place_patch_keeps_inode_owner_and_mode(tmp_path, runner):
         before.st_gid,
         before.st_mode,
     )
+
+
+# Which commit records are trusted. ----------------------------------------------------
+
+
+def planted_record(folder: Path, target: str) -> Path:
+    """A commit record (and its staged file) as a killed writer would leave them."""
+    temp = folder / ".embcli-tmp-1-planted"
+    temp.mkdir()
+    staged = temp / "staged"
+    staged.write_bytes(b"new bytes")
+    record = commit.record_path(folder, temp)
+    body = {
+        "magic": "EMBCLI-COMMIT-1",
+        "temp": temp.name,
+        "steps": [
+            {"target": target, "staged": "staged", "replace": True, "inode": staged.stat().st_ino}
+        ],
+    }
+    record.write_text(__import__("json").dumps(body))
+    record.chmod(0o600)
+    return record
+
+
+def test_a_commit_record_is_finished_only_within_its_own_folder(tmp_path):
+    (tmp_path / "inside").mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    planted_record(tmp_path / "inside", "../victim")
+    assert commit.pending(tmp_path / "inside") == []
+    assert commit.finish(tmp_path / "inside") == []
+    assert victim.read_bytes() == b"precious"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to plant another user's file")
+def test_a_commit_record_planted_by_another_user_is_never_trusted(tmp_path):
+    target = tmp_path / "model.keras"
+    target.write_bytes(b"root's model")
+    record = planted_record(tmp_path, "model.keras")
+    os.chown(record, 12345, 12345)
+    assert commit.pending(tmp_path) == []
+    assert journal.recover(tmp_path) == []
+    assert target.read_bytes() == b"root's model"
+    os.chown(record, 0, 0)
+    assert [p.record for p in commit.pending(tmp_path)] == [record]
+    assert journal.recover(tmp_path) == ["model.keras"]
+    assert target.read_bytes() == b"new bytes"
+    assert embcli_leftovers(tmp_path) == []
