@@ -102,7 +102,7 @@ def holders(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def _busy(shown: Path, target: Path, exclusive: bool) -> ModelBusy:
+def _busy(shown: Path, target: Path) -> ModelBusy:
     others = holders(target)
     writers = [pid for pid, kind in others if kind == "WRITE"]
     if writers:
@@ -112,8 +112,7 @@ def _busy(shown: Path, target: Path, exclusive: bool) -> ModelBusy:
         doing = f"being read by another process (pid {pids})"
     else:
         doing = "in use by another process"
-    wanted = "written" if exclusive else "read"
-    return ModelBusy(f"{shown} is {doing}; it can be {wanted} once that process has finished")
+    return ModelBusy(f"{shown} is {doing}; try again once that process has finished")
 
 
 def _wait_for_flock(fd: int, exclusive: bool, deadline: float) -> bool:
@@ -167,7 +166,7 @@ def _acquire(path: Path, exclusive: bool, timeout: float | None, unchanged: bool
             fd = _open_for_lock(target)
             try:
                 if not _wait_for_flock(fd, exclusive, deadline):
-                    raise _busy(shown, target, exclusive)
+                    raise _busy(shown, target)
                 now = os.fstat(fd)
                 try:
                     current = os.stat(target)
@@ -204,7 +203,7 @@ def _upgrade(held: _Held, shown: Path, deadline: float, unchanged: bool) -> None
     while it waits, so the model must then be checked to be the one that was read."""
     if not _wait_for_flock(held.fd, True, deadline):
         held.locked = _wait_for_flock(held.fd, False, time.monotonic())
-        raise _busy(shown, held.path, True)
+        raise _busy(shown, held.path)
     held.exclusive = True
     held.locked = True
     now = os.fstat(held.fd)

@@ -70,7 +70,7 @@ def test_a_second_writer_waits_then_names_the_first(tmp_path):
         assert second.returncode == 1
         assert second.stderr == (
             f"Error: {target} is being written by another process (pid {pid}); "
-            "it can be written once that process has finished\n"
+            "try again once that process has finished\n"
         )
         assert sha(target) == original
     finally:
@@ -125,7 +125,7 @@ def test_a_reader_waits_for_a_writer_and_sees_only_the_finished_edit(tmp_path):
             locking.reading(target, timeout=0.1)
         assert str(caught.value) == (
             f"{target} is being written by another process (pid {pid}); "
-            "it can be read once that process has finished"
+            "try again once that process has finished"
         )
         Path(f"{ready}.go").touch()
         lock = locking.reading(target, timeout=120)
@@ -152,7 +152,7 @@ def test_a_writer_waits_for_readers_then_names_them(tmp_path):
         assert result.returncode == 1
         assert result.stderr == (
             f"Error: {target} is being read by another process (pid {os.getpid()}); "
-            "it can be written once that process has finished\n"
+            "try again once that process has finished\n"
         )
         assert sha(target) == original
     assert run("assign", target, "-l", "words", "--fill", "zeros", "--rows", "3", "--in-place")
@@ -239,3 +239,20 @@ def test_readers_create_nothing_and_read_in_a_folder_they_cannot_write(tmp_path)
         assert sorted(p.name for p in folder.iterdir()) == [target.name]
     finally:
         folder.chmod(0o755)
+
+
+def test_a_read_lock_bound_to_a_model_is_released_when_the_model_closes(tmp_path):
+    """The hook `open_model` uses: the lock lives exactly as long as the open model."""
+    target = copy_fixture("k3_functional.keras", tmp_path)
+    model = locking.reading(target).bind(open_model(target))
+    assert locking.is_held(target)
+    result = run(
+        "assign", target, "-l", "words", "--fill", "zeros", "--rows", "1", "--in-place",
+        timeout=0.1,
+    )  # fmt: skip
+    assert result.returncode == 1 and "is being read by another process" in result.stderr
+    model.close()
+    assert not locking.is_held(target)
+    with locking.reading(target).bind(open_model(target)):
+        assert locking.is_held(target)
+    assert not locking.is_held(target)
