@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from embcli import locking
-from embcli.commit import TEMP_PREFIX, Step, commit, in_use, record_path
+from embcli.commit import TEMP_PREFIX, Step, commit, finish, in_use, record_path
 from embcli.durable import fsync_path, pause_point, process_alive
 from embcli.errors import EmbcliError, OutputExists, VerificationFailed
 from embcli.formats.base import FilePlan, WritePlan
@@ -204,6 +204,7 @@ def write_new_file(
     for path, _ in outputs:
         check_output(path, force)
     root = Path(output).absolute().parent
+    finish(root)
     with _reported_as(Path(output)), temporary_folder(root) as folder:
         steps = []
         for number, (path, writer) in enumerate(outputs):
@@ -229,6 +230,7 @@ def execute(
 
     `force=False` refuses to replace anything at a target; `True` replaces; `None` (the
     default) replaces what existed when the write began and refuses what appears since.
+    Commits that killed processes left in the folder are finished first.
 
     Raises:
         OutputExists: a target exists that may not be replaced.
@@ -241,6 +243,7 @@ def execute(
     existing = {path for path in outputs if os.path.lexists(path)}
     if force is False and existing:
         raise OutputExists(f"{sorted(existing)[0]} exists", remedy="force")
+    finish(root)
     rewrites_itself = any(_rewrites_itself(item) for item in plan.files)
     if rewrites_itself:
         _check_writable(plan, existing)

@@ -394,3 +394,22 @@ def test_a_commit_record_planted_by_another_user_is_never_trusted(tmp_path):
     assert journal.recover(tmp_path) == ["model.keras"]
     assert target.read_bytes() == b"new bytes"
     assert embcli_leftovers(tmp_path) == []
+
+
+def test_the_next_write_in_the_folder_finishes_a_killed_commit_first(tmp_path):
+    (tmp_path / "source").mkdir()
+    source = copy_fixture("k3_sharded.weights.json", tmp_path / "source")
+    output = tmp_path / "out.weights.json"
+    ready = tmp_path / "source" / "ready"
+    process = start(
+        "assign", source, *zero_rows("words"), "-o", output, pause="commit-half", ready=ready
+    )
+    wait_until_paused(process, ready)
+    kill(process)
+    assert journal.pending_for(output)
+    other = tmp_path / "other.weights.json"
+    done = run("assign", source, *zero_rows("words"), "-o", other)
+    assert done.returncode == 0, done.stderr
+    assert journal.pending_for(output) == []
+    np.testing.assert_array_equal(rows_of(output, "words"), rows_of(other, "words"))
+    assert embcli_leftovers(tmp_path) == []
