@@ -15,32 +15,50 @@ import fcntl
 import os
 import secrets
 import shutil
-import signal
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from embcli import locking
 from embcli.commit import TEMP_PREFIX, Step, commit, finish, in_use, record_path
-from embcli.durable import fsync_path, pause_point, process_alive
-from embcli.errors import EmbcliError, OutputExists, VerificationFailed
+from embcli.durable import (
+    fsync_path,
+    pause_point,
+    process_alive,
+    signals_deferred,
+    terminate_as_interrupt,
+)
+from embcli.errors import EmbcliError, OutputExists
 from embcli.formats.base import FilePlan, WritePlan
+from embcli.inplace import (
+    NotWritable,
+    apply_changes,
+    can_patch_in_place,
+    file_changes,
+    patch_in_place,
+)
+
+__all__ = [
+    "NotWritable",
+    "WriteFailed",
+    "can_patch_in_place",
+    "check_output",
+    "execute",
+    "file_changes",
+    "patch_in_place",
+    "same_bits",
+    "signals_deferred",
+    "write_new_file",
+]
 
 COPY_CHUNK = 8 * 1024 * 1024
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
-__all__ = ["TEMP_PREFIX", "execute", "patch_in_place", "can_patch_in_place", "write_new_file"]
-
 
 class WriteFailed(EmbcliError):
     "The output could not be written; nothing was changed"
-
-
-class NotWritable(EmbcliError):
-    "An in-place edit would change a file its user may not change, or its owner"
 
 
 def remove_stale_temporaries(folder: Path) -> None:
@@ -89,7 +107,7 @@ def temporary_folder(parent: Path) -> Iterator[Path]:
     whatever happens (unless a commit record still needs it)."""
     remove_stale_temporaries(parent)
     folder = parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-    with _terminate_as_interrupt():
+    with terminate_as_interrupt():
         folder.mkdir(mode=0o700)
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -100,66 +118,6 @@ def temporary_folder(parent: Path) -> Iterator[Path]:
                 if not record_path(parent, folder).exists():
                     shutil.rmtree(folder, ignore_errors=True)
                 os.close(fd)
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C while writing, so cleanup runs."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until a sequence that must not be cut short is done, then
-    act on them. (Blocking the signals is not enough: any thread that a library started
-    may take them, and Python would raise in the main thread all the same.)"""
-    caught: list[int] = []
-    previous: dict[int, Any] = {}
-    try:
-        for held in (signal.SIGINT, signal.SIGTERM):
-            previous[held] = signal.signal(held, lambda number, frame: caught.append(number))
-    except ValueError:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        with _blocked():
-            yield
-        return
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-    if caught:
-        handler = previous.get(caught[0])
-        if callable(handler):
-            handler(caught[0], None)
-        elif handler != signal.SIG_IGN:
-            raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _blocked() -> Iterator[None]:
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def check_output(output: Path, force: bool) -> None:
@@ -247,7 +205,7 @@ def execute(
     rewrites_itself = any(_rewrites_itself(item) for item in plan.files)
     if rewrites_itself:
         _check_writable(plan, existing)
-    locked = _lock_paths(plan, rewrites_itself)
+    locked = locking.write_lock_paths(plan.output, rewrites_itself)
     sources = [item.source.absolute() for item in plan.files if item.source is not None]
     whole = rewrites_itself and not all(locking.is_held(p) for p in locked)
     with contextlib.ExitStack() as stack:
@@ -294,28 +252,6 @@ def _rewrites_itself(item: FilePlan) -> bool:
 
 def _rewrites_itself_at(plan: WritePlan, target: Path) -> bool:
     return any(_rewrites_itself(item) and item.target.absolute() == target for item in plan.files)
-
-
-def _lock_paths(plan: WritePlan, rewrites_itself: bool) -> list[Path]:
-    """The models a write must hold exclusively: its output, and for an edit of a model
-    over itself, the enclosing folder when that folder is itself a model."""
-    paths = [plan.output.absolute()]
-    if rewrites_itself:
-        enclosing = _enclosing_model(plan.output.absolute())
-        if enclosing is not None:
-            paths.append(enclosing)
-    return paths
-
-
-def _enclosing_model(path: Path) -> Path | None:
-    from embcli.model import detect_format
-
-    folder = path.parent
-    try:
-        detect_format(folder)
-    except (EmbcliError, OSError):
-        return None
-    return folder
 
 
 @contextlib.contextmanager
@@ -406,149 +342,10 @@ def _build(item: FilePlan, temp: Path) -> None:
 def _patch(item: FilePlan, temp: Path) -> None:
     fd = os.open(temp, os.O_RDWR)
     try:
-        _apply(fd, file_changes(fd, item, temp.name))
+        apply_changes(fd, file_changes(fd, item, temp.name))
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _apply(fd: int, changes: list[tuple[int, bytes, bytes]]) -> None:
-    for offset, _, new in changes:
-        os.pwrite(fd, new, offset)
-
-
-def file_changes(fd: int, item: FilePlan, name: str) -> list[tuple[int, bytes, bytes]]:
-    """`(offset, old, new)` for every byte run a plan's patches change in a file,
-    the archive member's CRC-32 fields included.
-
-    The member's CRC is read from the file as it is now, so that an edit another writer
-    made since the plan was drawn up is kept in it."""
-    from embcli.crc import patched_crc32
-
-    changes = []
-    for offset, data in item.patches:
-        old = os.pread(fd, len(data), offset)
-        if len(old) != len(data):
-            raise VerificationFailed(f"{name}: a patch falls beyond the end of the file")
-        if old != data:
-            changes.append((offset, old, data))
-    member = item.zip_member
-    if member is None or not changes:
-        return changes
-    inside = []
-    end = member.data_offset + member.size
-    for offset, old, new in changes:
-        if offset < member.data_offset or offset + len(new) > end:
-            raise VerificationFailed("a patch falls outside the archive member it edits")
-        inside.append((offset - member.data_offset, old, new))
-    recorded = {os.pread(fd, 4, position) for position in member.crc_offsets}
-    if len(recorded) != 1 or len(next(iter(recorded))) != 4:
-        raise VerificationFailed("the archive's checksum is not where it should be")
-    old_crc = recorded.pop()
-    current = int.from_bytes(old_crc, "little")
-    crc = patched_crc32(current, member.size, inside).to_bytes(4, "little")
-    for position in member.crc_offsets:
-        changes.append((position, old_crc, crc))
-    return changes
-
-
-def can_patch_in_place(plan: WritePlan) -> bool:
-    return plan.folder is None and all(
-        item.source is not None
-        and item.rebuild is None
-        and item.content is None
-        and item.source.absolute() == item.target.absolute()
-        for item in plan.files
-    )
-
-
-def patch_in_place(plan: WritePlan, verify: Callable[[Path, list], None]) -> None:
-    """Edit files where they lie, at a cost that follows the bytes changed.
-
-    Under an exclusive lock on the model, the old and new bytes go to an fsynced journal
-    first; a failed check rolls them back at once, and a killed process's journal is
-    rolled back by the next embcli run (`journal`). The files keep inode, owner and mode.
-
-    Raises:
-        NotWritable: the user may not write a file of the model.
-        ModelBusy: another process holds the model.
-        JournalWriteFailed: no room for the journal; nothing was changed.
-    """
-    from embcli import journal
-
-    targets = [item.target.absolute() for item in plan.files]
-    with locking.exclusive_all(_lock_paths(plan, True), patches_only=True):
-        pause_point("locked")
-        for folder in sorted({journal.resolved(t).parent for t in targets}):
-            journal.recover(folder, only=targets)
-        opened: list[tuple[FilePlan, int, list[tuple[int, bytes, bytes]]]] = []
-        try:
-            for item in plan.files:
-                try:
-                    fd = os.open(item.target, os.O_RDWR)
-                except PermissionError:
-                    raise NotWritable(
-                        f"{item.target} is not writable; it was left unchanged"
-                    ) from None
-                opened.append((item, fd, []))
-                opened[-1] = (item, fd, file_changes(fd, item, item.target.name))
-            _patch_journaled(plan, opened, verify)
-        finally:
-            for _, fd, _ in opened:
-                os.close(fd)
-
-
-def _patch_journaled(
-    plan: WritePlan,
-    opened: list[tuple[FilePlan, int, list[tuple[int, bytes, bytes]]]],
-    verify: Callable[[Path, list], None],
-) -> None:
-    from embcli import journal
-
-    journals: list[journal.Journal] = []
-    with _terminate_as_interrupt():
-        try:
-            for item, _, changes in opened:
-                with signals_deferred():
-                    journals.append(
-                        journal.write_journal(item.target.absolute(), changes, plan.output)
-                    )
-            pause_point("journaled")
-            for number, (_, fd, changes) in enumerate(opened):
-                first, rest = _halves(changes)
-                _apply(fd, first)
-                if number == 0:
-                    pause_point("half-patched")
-                _apply(fd, rest)
-                os.fsync(fd)
-            pause_point("patched")
-            for item, _, _ in opened:
-                if item.checks:
-                    verify(item.target, item.checks)
-        except BaseException:
-            with signals_deferred():
-                for written in journals:
-                    journal.roll_back(written)
-            raise
-        with signals_deferred():
-            for written in journals:
-                journal.discard(written)
-
-
-def _halves(changes: list[tuple[int, bytes, bytes]]) -> tuple[list, list]:
-    """The changes split where half their bytes are written (an entry may be cut)."""
-    half = sum(len(new) for _, _, new in changes) // 2
-    first: list[tuple[int, bytes, bytes]] = []
-    for number, (offset, old, new) in enumerate(changes):
-        if len(new) <= half:
-            first.append((offset, old, new))
-            half -= len(new)
-            continue
-        rest = changes[number + 1 :]
-        if half:
-            first.append((offset, old[:half], new[:half]))
-        return first, [(offset + half, old[half:], new[half:]), *rest]
-    return first, []
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 PAUSE_VARIABLE = "EMBCLI_TEST_PAUSE_AT"
 PAUSE_READY_VARIABLE = "EMBCLI_TEST_PAUSE_READY"
@@ -88,3 +92,63 @@ def pause_point(step: str) -> None:
     deadline = time.monotonic() + 600.0
     while not go.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C while writing, so cleanup runs."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until a sequence that must not be cut short is done, then
+    act on them. (Blocking the signals is not enough: any thread that a library started
+    may take them, and Python would raise in the main thread all the same.)"""
+    caught: list[int] = []
+    previous: dict[int, Any] = {}
+    try:
+        for held in (signal.SIGINT, signal.SIGTERM):
+            previous[held] = signal.signal(held, lambda number, frame: caught.append(number))
+    except ValueError:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        with _blocked():
+            yield
+        return
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if caught:
+        handler = previous.get(caught[0])
+        if callable(handler):
+            handler(caught[0], None)
+        elif handler != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _blocked() -> Iterator[None]:
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -344,3 +344,26 @@ def reading(path: Path, timeout: float | None = None) -> ReadLock:
         ModelBusy: a writer held the model for longer than `timeout` seconds.
     """
     return ReadLock(Path(path), timeout)
+
+
+def write_lock_paths(output: Path, over_itself: bool) -> list[Path]:
+    """The models a write must hold exclusively: its output, and for an edit of a model
+    over itself, the enclosing folder when that folder is itself a model (a checkpoint's
+    folder, say, which readers may name instead of the checkpoint)."""
+    paths = [Path(output).absolute()]
+    if over_itself:
+        enclosing = _enclosing_model(paths[0])
+        if enclosing is not None:
+            paths.append(enclosing)
+    return paths
+
+
+def _enclosing_model(path: Path) -> Path | None:
+    from embcli.model import detect_format
+
+    folder = path.parent
+    try:
+        detect_format(folder)
+    except (EmbcliError, OSError):
+        return None
+    return folder
