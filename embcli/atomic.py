@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from embcli import locking
-from embcli.commit import TEMP_PREFIX, Step, commit, finish, in_use, record_path
+from embcli.commit import TEMP_PREFIX, Step, commit, finish, record_path
 from embcli.durable import (
     fsync_path,
     pause_point,
-    process_alive,
     signals_deferred,
     terminate_as_interrupt,
 )
@@ -68,17 +67,10 @@ def remove_stale_temporaries(folder: Path) -> None:
         entries = list(folder.iterdir())
     except OSError:
         return
-    needed: set[str] | None = None
     for entry in entries:
         if not entry.name.startswith(TEMP_PREFIX) or entry.is_symlink() or not entry.is_dir():
             continue
-        pid_text = entry.name[len(TEMP_PREFIX) :].split("-", 1)[0]
-        if pid_text.isdigit() and int(pid_text) != os.getpid() and process_alive(int(pid_text)):
-            if _locked(entry):
-                continue
-        if needed is None:
-            needed = in_use(folder)
-        if entry.name in needed or _locked(entry):
+        if os.path.lexists(record_path(folder, entry)) or _locked(entry):
             continue
         with contextlib.suppress(OSError):
             if entry.stat().st_uid == os.geteuid():
@@ -165,9 +157,8 @@ def write_new_file(
     finish(root)
     with _reported_as(Path(output)), temporary_folder(root) as folder:
         steps = []
-        for number, (path, writer) in enumerate(outputs):
-            temp = folder / str(number) / path.name
-            temp.parent.mkdir()
+        for path, writer in outputs:
+            temp = folder / path.name
             writer(temp)
             fsync_path(temp)
             target = path.absolute()

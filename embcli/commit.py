@@ -5,11 +5,11 @@ The protocol, as a database's redo log works:
 
 1. Everything new is staged under temporary names in a temporary folder beside the
    targets (`.embcli-tmp-*`) and fsynced.
-2. A commit record (`.embcli-commit-<hash>`) that lists every step (each staged path,
-   its target, and the inode it has) is written and fsynced. From here on the write has
-   happened: it is only finished, never undone.
+2. A commit record (`commit-record` inside the temporary folder) that lists every step
+   (each staged path, its target, and the inode it has) is written and fsynced. From
+   here on the write has happened: it is only finished, never undone.
 3. The steps are carried out (with Ctrl-C and SIGTERM held), the folders fsynced.
-4. The temporary folder and then the record are removed.
+4. The record and then the temporary folder are removed.
 
 A process killed in step 3 leaves its record. `finish` (run by `embcli recover` and by
 the next write in that folder) redoes the steps: each one that is done already (its
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -34,7 +33,7 @@ from pathlib import Path
 from embcli.durable import exchange, fsync_path, pause_point, rename_no_replace
 from embcli.errors import EmbcliError, OutputExists
 
-RECORD_PREFIX = ".embcli-commit-"
+RECORD_NAME = "commit-record"
 TEMP_PREFIX = ".embcli-tmp-"
 PREVIOUS_NAME = ".previous"
 _MAGIC = "EMBCLI-COMMIT-1"
@@ -64,8 +63,8 @@ class Step:
 
 
 def record_path(root: Path, temp: Path) -> Path:
-    digest = hashlib.sha256(temp.name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return root / f"{RECORD_PREFIX}{digest}"
+    """Where the commit record of the temporary folder `temp` in `root` lives."""
+    return root / temp.name / RECORD_NAME
 
 
 def _relative(path: Path, base: Path) -> str:
@@ -117,8 +116,9 @@ def commit(root: Path, temp: Path, steps: list[Step]) -> None:
             os.unlink(record)
             raise OutputExists(f"{conflict.target} exists", remedy="force") from None
         pause_point("commit-renamed")
-        shutil.rmtree(temp, ignore_errors=True)
         os.unlink(record)
+        fsync_path(temp)
+        shutil.rmtree(temp, ignore_errors=True)
         fsync_path(root)
     finally:
         os.close(fd)
@@ -192,14 +192,20 @@ def _undo(root: Path, steps: list[Step]) -> None:
             os.rename(step.target, step.staged)
 
 
-def _trusted(path: Path, status: os.stat_result, root: Path) -> bool:
+def _trusted(status: os.stat_result, temp: Path, root: Path) -> bool:
+    """A record is trusted when it and its temporary folder belong to the user running
+    embcli, or to the owner of the folder it writes into, and no one else may write them."""
     if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
         return False
-    if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return False
     try:
+        folder = os.lstat(temp)
         owner = os.stat(root).st_uid
     except OSError:
+        return False
+    if not stat.S_ISDIR(folder.st_mode) or folder.st_uid != status.st_uid:
+        return False
+    writable_by_others = stat.S_IWGRP | stat.S_IWOTH
+    if status.st_mode & writable_by_others or folder.st_mode & writable_by_others:
         return False
     return status.st_uid in (os.geteuid(), owner)
 
@@ -224,20 +230,17 @@ class PendingCommit:
 
 
 def _load(record: Path, fd: int) -> PendingCommit | None:
-    root = record.parent
+    temp = record.parent
+    root = temp.parent
     status = os.fstat(fd)
-    if not _trusted(record, status, root) or status.st_size > _MAX_RECORD_BYTES:
+    if not _trusted(status, temp, root) or status.st_size > _MAX_RECORD_BYTES:
         return None
     try:
         body = json.loads(os.pread(fd, status.st_size, 0))
         if body.get("magic") != _MAGIC:
             return None
-        temp_name = body["temp"]
-        if not isinstance(temp_name, str) or not temp_name.startswith(TEMP_PREFIX):
+        if body["temp"] != temp.name:
             return None
-        if Path(temp_name).name != temp_name:
-            return None
-        temp = root / temp_name
         steps = [_step(root, temp, entry) for entry in body["steps"]]
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -266,10 +269,17 @@ def _step(root: Path, temp: Path, entry: dict) -> Step | None:
 
 
 def records(folder: Path) -> list[Path]:
+    """The commit records in the temporary folders of `folder`."""
     try:
-        return sorted(p for p in folder.iterdir() if p.name.startswith(RECORD_PREFIX))
+        temps = [p for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)]
     except OSError:
         return []
+    found = []
+    for temp in sorted(temps):
+        record = temp / RECORD_NAME
+        if not temp.is_symlink() and os.path.lexists(record):
+            found.append(record)
+    return found
 
 
 @contextlib.contextmanager
@@ -301,18 +311,6 @@ def pending(folder: Path) -> list[PendingCommit]:
     return found
 
 
-def in_use(folder: Path) -> set[str]:
-    """Names of the temporary folders that a commit record in `folder` refers to."""
-    names = set()
-    for record in records(folder):
-        try:
-            body = json.loads(record.read_bytes()[:_MAX_RECORD_BYTES])
-            names.add(str(body.get("temp")))
-        except (OSError, ValueError, AttributeError):
-            continue
-    return names
-
-
 def finish(folder: Path, only: Path | None = None) -> list[str]:
     """Finish the commits that killed processes left in `folder` (those that write
     `only`, if given); returns the names of the targets finished.
@@ -332,8 +330,8 @@ def finish(folder: Path, only: Path | None = None) -> list[str]:
                 raise UnfinishedCommit(
                     f"cannot finish an interrupted write: {conflict.target} appeared meanwhile"
                 ) from None
-            shutil.rmtree(loaded.temp, ignore_errors=True)
             os.unlink(record)
+            shutil.rmtree(loaded.temp, ignore_errors=True)
             fsync_path(loaded.root)
             finished.extend(s.target.name for s in loaded.steps if s.staged is not None)
     return finished
