@@ -359,11 +359,11 @@ def write_lock_paths(output: Path, over_itself: bool) -> list[Path]:
 
 
 def _enclosing_model(path: Path) -> Path | None:
-    from embcli.model import detect_format
+    from embcli.formats.registry import detect
 
     folder = path.parent
     try:
-        detect_format(folder)
+        detect(folder)
     except (EmbcliError, OSError):
         return None
     return folder
