@@ -430,7 +430,6 @@ def _token_vectors(
 def recover(path: PathLike) -> list[str]:
     """Roll back an in-place edit of `path` that was killed half done; returns the names
     of the files restored (none when there was nothing to recover)."""
-    from embcli.journal import recover as roll_back
+    from embcli.journal import recover_model
 
-    path = _as_path(path, "path")
-    return roll_back(path if path.is_dir() else path.absolute().parent)
+    return recover_model(_as_path(path, "path"))

@@ -210,5 +210,5 @@ def assign(
     if in_place and atomic.can_patch_in_place(plan):
         atomic.patch_in_place(plan, verify_file)
     else:
-        atomic.execute(plan, verify_file)
+        atomic.execute(plan, verify_file, force=True if in_place else force)
     return AssignResult(table, len(rows), output, slots)

@@ -85,13 +85,8 @@ def export_tables(
         with open(temp, "w", encoding="utf-8", newline="\n") as handle:
             write_metadata_tsv(handle, tokens or [])
 
-    write_new_file(output, force, write)
-    if labels is not None:
-        try:
-            write_new_file(labels, force, write_labels)
-        except BaseException:
-            output.unlink(missing_ok=True)
-            raise
+    also = [(labels, write_labels)] if labels is not None else []
+    write_new_file(output, force, write, also=also)
     return fmt
 
 

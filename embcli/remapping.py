@@ -133,7 +133,7 @@ def remap(
         plan = artifact.plan_edit(target, edit, in_place)
         if vocabulary_file is not None:
             plan.files.append(FilePlan(vocabulary_file_beside(target), content=vocabulary_file))
-        atomic.execute(plan, verify_file)
+        atomic.execute(plan, verify_file, force=True if in_place else force)
     new_rows = np.flatnonzero(rows.sources != NEW_ROW)
     old_rows = rows.sources[new_rows]
     if map_out is not None:
@@ -189,7 +189,7 @@ def rename_tokens(
         change = replace_vocabulary(vocabulary, tokens, edit.config, asset)
         edit.assets.update(change.assets)
         plan = artifact.plan_edit(target, edit, in_place)
-        atomic.execute(plan, verify_file)
+        atomic.execute(plan, verify_file, force=True if in_place else force)
     return changed
 
 

@@ -159,7 +159,7 @@ def resize(
         plan = artifact.plan_edit(target, edit, in_place)
         if vocabulary_file is not None:
             plan.files.append(FilePlan(vocabulary_file[0], content=vocabulary_file[1].encode()))
-        atomic.execute(plan, verify_file)
+        atomic.execute(plan, verify_file, force=True if in_place else force)
     notes = []
     if config is None:
         notes.append(
