@@ -14,7 +14,8 @@ import os
 import re
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +37,14 @@ from embcli.formats.naming import (
     TF_KERAS_LAYERS_CONTAINER,
     ConfigLayer,
     groups_from_config,
+    to_snake_case,
 )
 from embcli.formats.registry import ArtifactKind, Probe
 from embcli.guarded import (
     ZIP_EMPTY_SIGNATURE,
     ZIP_ERRORS,
     ZIP_SIGNATURE,
+    DatasetInfo,
     FileWindow,
     check_archive,
     check_directory_size,
@@ -63,13 +66,69 @@ NAME_ATTRIBUTE = "name"
 SHARD_MAP_KEY = "weight_map"
 MAX_UNZIPPED_WEIGHTS = 1 << 40
 KERAS_EMBEDDING_CLASS = "Embedding"
+FORMAT_NAMES = {
+    "archive": "keras archive",
+    "folder": "keras folder",
+    "weights": "keras weights",
+    "sharded": "keras sharded weights",
+    "preset": "keras-hub preset",
+}
+FOLDER_KINDS = ("folder", "preset")
+# Task layers whose 1-D weight is a bias over the vocabulary (keras-hub's MaskedLMHead).
+OUTPUT_BIAS_CLASSES = ("MaskedLMHead",)
 
-# keras-hub layers that hold their tables as attributes, by (parent class, attribute).
+# keras-hub layers that keep their tables as attributes, by (parent class, attribute); from
+# keras-hub 0.32's layer sources. Backbones are Functional, so their own tables are filed
+# under their class's snake_case name and need no entry here.
 KNOWN_SUBLAYER_CLASSES = {
     ("TokenAndPositionEmbedding", "token_embedding"): "ReversibleEmbedding",
     ("TokenAndPositionEmbedding", "position_embedding"): "PositionEmbedding",
+    ("ContentAndQueryEmbedding", "word_embed"): "Embedding",
+    ("BLIP2OPTEmbeddings", "token_embedding"): "ReversibleEmbedding",
+    ("BLIP2OPTEmbeddings", "position_embedding"): "Embedding",
+    ("CLIPVisionEmbedding", "position_embedding"): "Embedding",
+    ("Gemma3VisionEmbedding", "position_embedding"): "Embedding",
+    ("Gemma3nMultimodalEmbedder", "embedding"): "Embedding",
+    ("Gemma3nTextScaledWordEmbedding", "embedding"): "Embedding",
+    ("MetaCLIP2VisionEmbedding", "position_embedding"): "Embedding",
+    ("PaliGemmaVitEmbeddings", "position_embedding"): "Embedding",
+    ("PARSeqDecoder", "token_embedding"): "Embedding",
+    ("SigLIPVisionEmbedding", "position_embedding"): "Embedding",
+    ("SigLIPTextEmbedding", "token_embedding"): "ReversibleEmbedding",
+    ("SigLIPTextEmbedding", "position_embedding"): "ReversibleEmbedding",
+    ("T5Encoder", "token_embedding"): "ReversibleEmbedding",
+    ("VideoPrismEmbedding", "token_embedding"): "Embedding",
+    ("VideoPrismPatchingAndEmbedding", "position_embedding"): "Embedding",
+    ("VideoPrismTemporalEmbedding", "embedding"): "Embedding",
+    ("ViTPatchingAndEmbedding", "position_embedding"): "Embedding",
+    ("DFineInitialQueryAndReferenceGenerator", "weight_embedding"): "Embedding",
+    ("SAMMaskDecoder", "iou_token"): "Embedding",
+    ("SAMMaskDecoder", "mask_tokens"): "Embedding",
+    ("SAMPromptEncoder", "foreground_point_embed"): "Embedding",
+    ("SAMPromptEncoder", "background_point_embed"): "Embedding",
+    ("SAMPromptEncoder", "top_left_corner_embed"): "Embedding",
+    ("SAMPromptEncoder", "bottom_right_corner_embed"): "Embedding",
+    ("SAMPromptEncoder", "not_a_point_embed"): "Embedding",
+    ("SAMPromptEncoder", "no_mask_embed"): "Embedding",
+    ("SAM3DetrDecoder", "query_embed"): "Embedding",
+    ("SAM3DetrDecoder", "reference_points"): "Embedding",
+    ("SAM3DetrDecoder", "presence_token"): "Embedding",
+    ("SAM3GeometryEncoder", "label_embed"): "Embedding",
+    ("SAM3GeometryEncoder", "cls_embed"): "Embedding",
 }
-_AUTO_EMBEDDING_NAME = re.compile(r"^([a-z0-9_]*embedding)(_\d+)?$")
+# Classes whose snake_case group name does not give their spelling back.
+_KNOWN_BY_SNAKE = {
+    to_snake_case(name): name
+    for name in ("MaskedLMHead", "GPT2Backbone", "T5Backbone", "XLNetBackbone")
+}
+# Classes whose default layer name (`embedding_3`) tells the class of a layer whose group
+# does not: Keras names an unnamed layer after its class.
+AUTO_NAMED_CLASSES = ("Embedding", "ReversibleEmbedding", "PositionEmbedding")
+_AUTO_NAME = re.compile(r"^([a-z_]+?)(_\d+)?$")
+# A name that says "embedding": the only evidence taken for a sublayer of unknown class.
+_EMBEDDING_WORD = re.compile(r"(^|_)(emb|embed|embeds|embedding|embeddings)(_|\d|$)")
+# The keys of an Embedding layer's config, found for a sublayer a config serializes.
+EMBEDDING_CONFIG_KEYS = ("input_dim", "output_dim")
 _CONTAINER_PARTS = {LAYERS_CONTAINER, TF_KERAS_LAYERS_CONTAINER}
 
 
@@ -88,12 +147,7 @@ class Keras3File(Keras3Writing, ModelFile):
     def __init__(self, path: Path, kind: str) -> None:
         super().__init__(path)
         self.kind = kind
-        self.format_name = {
-            "archive": "keras archive",
-            "folder": "keras folder",
-            "weights": "keras weights",
-            "sharded": "keras sharded weights",
-        }[kind]
+        self.format_name = FORMAT_NAMES[kind]
         self._fd: int | None = None
         self._archive: zipfile.ZipFile | None = None
         self._member: zipfile.ZipInfo | None = None
@@ -104,13 +158,9 @@ class Keras3File(Keras3Writing, ModelFile):
         self._shard_map: dict | None = None
         self._sources: dict[str, H5Source] = {}
         self._location: dict[str, str] = {}
+        self._prefixes: dict[str, str] = {}
         try:
-            {
-                "archive": self._open_archive,
-                "folder": self._open_folder,
-                "weights": self._open_weights,
-                "sharded": self._open_sharded,
-            }[kind]()
+            getattr(self, f"_open_{kind}")()
             self._owners = self._find_owners()
             self._names = groups_from_config(self._config) if self._config else {}
         except BaseException:
@@ -183,17 +233,20 @@ class Keras3File(Keras3Writing, ModelFile):
         self._sources[""] = H5Source(self.path)
 
     def _open_sharded(self) -> None:
-        index = parse_json(_read_small(self.path), str(self.path))
+        self._open_shards(self.path)
+
+    def _open_shards(self, index_path: Path) -> None:
+        index = parse_json(_read_small(index_path), str(index_path))
         weight_map = index.get(SHARD_MAP_KEY) if isinstance(index, dict) else None
         if not isinstance(weight_map, dict):
-            raise MalformedFile(f"{self.path}: no {SHARD_MAP_KEY} in the shard index")
+            raise MalformedFile(f"{index_path}: no {SHARD_MAP_KEY} in the shard index")
         self._shard_map = index
         for shard in shard_names(weight_map):
-            shard_path = self.path.parent / shard
+            shard_path = index_path.parent / shard
             if shard_path.is_symlink():
-                raise UnsafeFile(f"{self.path}: shard {shard} is a symbolic link")
+                raise UnsafeFile(f"{index_path}: shard {shard} is a symbolic link")
             if not shard_path.is_file():
-                raise MalformedFile(f"{self.path}: shard {shard} is missing")
+                raise MalformedFile(f"{index_path}: shard {shard} is missing")
             self._sources[shard] = H5Source(shard_path)
 
     def _parse_config(self, text: bytes) -> dict:
@@ -208,13 +261,14 @@ class Keras3File(Keras3Writing, ModelFile):
     def _find_owners(self) -> dict[str, _Owner]:
         owners: dict[str, _Owner] = {}
         for key, source in self._sources.items():
+            prefix = self._prefixes.get(key, "")
             for path in source.index.datasets:
-                self._location.setdefault(path, key)
+                self._location.setdefault(prefix + path, key)
             for group in source.index.groups:
                 parts = group.split("/")
                 if parts[-1] != VARS_GROUP:
                     continue
-                owner_path = "/".join(parts[:-1])
+                owner_path = (prefix + "/".join(parts[:-1])).rstrip("/")
                 owner = owners.setdefault(owner_path, _Owner(owner_path, [], None))
                 saved = read_attr_text(source.handle[group], NAME_ATTRIBUTE)
                 owner.saved_name = owner.saved_name or saved
@@ -232,7 +286,18 @@ class Keras3File(Keras3Writing, ModelFile):
         key = self._location.get(path)
         if key is None:
             raise MalformedFile(f"no weight {weight!r} in {self.path}")
-        return self._sources[key], path
+        return self._sources[key], path[len(self._prefixes.get(key, "")) :]
+
+    def _in_file(self, path: str) -> str:
+        """A weight's path inside its own file (without the prefix of a second file)."""
+        key = self._location.get(path.strip("/"))
+        return path.strip("/")[len(self._prefixes.get(key, "")) :] if key is not None else path
+
+    def _info(self, weight: str) -> DatasetInfo:
+        """A weight's dataset info, with the weight's path as embcli shows it."""
+        source, path = self._source(weight)
+        info = source.info(path)
+        return info if path == weight.strip("/") else replace(info, path=weight.strip("/"))
 
     def weight_info(self, weight: str) -> tuple[tuple[int, ...], np.dtype]:
         source, path = self._source(weight)
@@ -252,7 +317,7 @@ class Keras3File(Keras3Writing, ModelFile):
             if member in self._archive.namelist():
                 return read_member(self._archive, member)
             return None
-        if self.kind == "folder":
+        if self.kind in FOLDER_KINDS:
             path = self.path / ASSETS_DIRNAME / name
             if path.is_file() and not path.is_symlink():
                 return _read_small(path)
@@ -261,7 +326,8 @@ class Keras3File(Keras3Writing, ModelFile):
     def tables(self, all_weights: bool = False) -> list[Table]:
         found = []
         for owner in sorted(self._owners.values(), key=lambda o: o.group):
-            if not owner.group or owner.group.split("/")[0] == OPTIMIZER_GROUP:
+            group = self._in_file(owner.datasets[0]) if owner.datasets else ""
+            if not owner.group or group.split("/")[0] == OPTIMIZER_GROUP:
                 continue
             found.extend(self._owner_tables(owner, all_weights))
         return found
@@ -302,23 +368,59 @@ class Keras3File(Keras3Writing, ModelFile):
         return self._own_name(group) or self._qualified(group)
 
     def _class_name(self, group: str) -> str | None:
+        return self._class_and_config(group)[0]
+
+    def _class_and_config(self, group: str) -> tuple[str | None, dict | None]:
+        """A layer's class, and its config where the model's config holds one.
+
+        In order: the config's layer lists; the group name Keras derived from the class
+        in a container; keras-hub's known attributes; a sublayer the config serializes
+        under the layer's saved name; a saved name Keras gave after the class."""
         known = self._config_layer(group)
         if known is not None:
-            return known.class_name
+            return known.class_name, known.config
         parts = group.split("/")
         if len(parts) >= 2 and self._is_container("/".join(parts[:-1])):
-            return snake_to_class(parts[-1])
+            return _class_from_group(parts[-1]), None
         if len(parts) >= 2:
             parent = "/".join(parts[:-1])
             parent_class = self._class_name(parent) if parent else None
             if parent_class and (parent_class, parts[-1]) in KNOWN_SUBLAYER_CLASSES:
-                return KNOWN_SUBLAYER_CLASSES[(parent_class, parts[-1])]
+                return KNOWN_SUBLAYER_CLASSES[(parent_class, parts[-1])], None
         saved = self._owners.get(group)
         if saved and saved.saved_name:
-            auto = _AUTO_EMBEDDING_NAME.match(saved.saved_name)
-            if auto:
-                return snake_to_class(auto.group(1))
-        return None
+            serialized = self._serialized_layers.get(saved.saved_name)
+            if serialized is not None:
+                return serialized
+            auto = _AUTO_NAME.match(saved.saved_name)
+            if auto and snake_to_class(auto.group(1)) in AUTO_NAMED_CLASSES:
+                return snake_to_class(auto.group(1)), None
+        return None, None
+
+    @cached_property
+    def _serialized_layers(self) -> dict[str, tuple[str, dict]]:
+        """Layers that a config serializes by name (`{"class_name", "config": {"name"}}`)
+        outside any layer list, e.g. a subclassed model's `get_config`; only names held
+        by one of them."""
+        found: dict[str, tuple[str, dict] | None] = {}
+        listed = {id(entry.config) for entry in self._names.values()}
+        stack: list = [self._config] if self._config else []
+        while stack:
+            item = stack.pop()
+            if isinstance(item, list):
+                stack.extend(item)
+                continue
+            if not isinstance(item, dict):
+                continue
+            stack.extend(item.values())
+            inner = item.get("config")
+            class_name = item.get("class_name")
+            if not (isinstance(inner, dict) and isinstance(class_name, str)):
+                continue
+            name = inner.get("name")
+            if isinstance(name, str) and id(inner) not in listed:
+                found[name] = None if name in found else (class_name, inner)
+        return {name: entry for name, entry in found.items() if entry is not None}
 
     def _is_container(self, group: str) -> bool:
         """Whether a group holds a list of objects, whose names Keras derives from their
@@ -326,18 +428,22 @@ class Keras3File(Keras3Writing, ModelFile):
         last = group.rsplit("/", 1)[-1]
         return last in _CONTAINER_PARTS or (bool(group) and group not in self._owners)
 
-    def _looks_like_embedding(self, owner: _Owner, class_name: str | None, infos) -> bool:
-        """Whether a layer is a table. Without its class (a sublayer kept as an attribute
-        of a custom layer), a layer whose only weight is one matrix, or an int8 matrix
-        with its per-row scale, is taken for one, as is an attribute named *embedding."""
+    def _looks_like_embedding(
+        self, owner: _Owner, class_name: str | None, config: dict | None, infos
+    ) -> bool:
+        """Whether a layer is a table: its class ends in `Embedding`, or its config is an
+        Embedding's (`input_dim`, `output_dim`). A sublayer of unknown class is one only
+        when its attribute or saved name says so (`token_embedding`, `table_emb`), or
+        when it holds an int8 matrix with its per-row scale; a bare 2-D kernel is not."""
         if class_name is not None:
-            return class_name.endswith(EMBEDDING_SUFFIX)
-        attribute = owner.group.rsplit("/", 1)[-1]
-        if re.search(r"(^|_)(embedding|embeddings)$", attribute):
+            if class_name.endswith(EMBEDDING_SUFFIX):
+                return True
+            return isinstance(config, dict) and all(k in config for k in EMBEDDING_CONFIG_KEYS)
+        attribute = owner.group.rsplit("/", 1)[-1].lstrip("_")
+        names = [attribute.lower(), (owner.saved_name or "").lower()]
+        if any(_EMBEDDING_WORD.search(name) for name in names):
             return True
         shapes = [info.shape for info in infos]
-        if len(shapes) == 1 and len(shapes[0]) == 2:
-            return True
         return (
             len(shapes) == 2
             and len(shapes[0]) == 2
@@ -346,8 +452,8 @@ class Keras3File(Keras3Writing, ModelFile):
         )
 
     def _owner_tables(self, owner: _Owner, all_weights: bool) -> list[Table]:
-        infos = [self._source(path)[0].info(path) for path in owner.datasets]
-        class_name = self._class_name(owner.group)
+        infos = [self._info(path) for path in owner.datasets]
+        class_name, layer_config = self._class_and_config(owner.group)
         if class_name == KERAS_EMBEDDING_CLASS and infos and len(infos[0].shape) != 2:
             raise MalformedFile(
                 f"{infos[0].path}: an Embedding table has 2 dimensions, not {len(infos[0].shape)}"
@@ -355,7 +461,7 @@ class Keras3File(Keras3Writing, ModelFile):
         matrices = [info for info in infos if len(info.shape) == 2]
         if not matrices:
             return []
-        is_embedding = self._looks_like_embedding(owner, class_name, infos)
+        is_embedding = self._looks_like_embedding(owner, class_name, layer_config, infos)
         name = self._layer_name(owner.group)
         qualified = self._qualified(owner.group)
         found = []
@@ -404,14 +510,15 @@ class Keras3File(Keras3Writing, ModelFile):
         slots = [
             path
             for path in self._location
-            if path.startswith(f"{OPTIMIZER_GROUP}/") and self.weight_info(path)[0] == table.shape
+            if self._in_file(path).startswith(f"{OPTIMIZER_GROUP}/")
+            and self.weight_info(path)[0] == table.shape
         ]
         if not slots:
             return []
         others = [
             path
             for path in self._location
-            if not path.startswith(f"{OPTIMIZER_GROUP}/")
+            if not self._in_file(path).startswith(f"{OPTIMIZER_GROUP}/")
             and path != table.weight
             and self.weight_info(path)[0] == table.shape
         ]
@@ -434,6 +541,18 @@ class Keras3File(Keras3Writing, ModelFile):
         )
         return known.config if known is not None else None
 
+    def output_biases(self, table: Table) -> list[str]:
+        """The output biases over `table`'s rows: the 1-D weight of each task head that
+        keras-hub gives one (`MaskedLMHead`), when its length is the table's rows."""
+        found = []
+        for owner in self._owners.values():
+            if self._class_name(owner.group) not in OUTPUT_BIAS_CLASSES:
+                continue
+            for path in owner.datasets:
+                if self.weight_info(path)[0] == (table.rows,):
+                    found.append(path)
+        return found
+
     def close(self) -> None:
         for source in self._sources.values():
             source.close()
@@ -448,6 +567,14 @@ class Keras3File(Keras3Writing, ModelFile):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _class_from_group(group: str) -> str:
+    """The class a container group is named after, spelt as the class is where embcli
+    knows it (`masked_lm_head` is `MaskedLMHead`, not `MaskedLmHead`)."""
+    derived = snake_to_class(group)
+    base = re.sub(r"_\d+$", "", group)
+    return _KNOWN_BY_SNAKE.get(base, derived)
 
 
 def shard_names(weight_map: dict) -> list[str]:

@@ -57,7 +57,7 @@ class Keras3Writing:
         checks: dict[str, list] = {}
         for weight, (rows, values) in patches.items():
             source, path = self._source(weight)
-            key = self._location[path]
+            key = self._location[weight.strip("/")]
             by_source.setdefault(key, []).extend(source.patches(path, rows, values))
             checks.setdefault(key, []).append((path, rows, values))
         if self.kind == "archive":
@@ -67,8 +67,8 @@ class Keras3Writing:
                 output, self.path, patches=by_source.get("", []), checks=checks.get("", [])
             )
             return WritePlan(output, [plan])
-        if self.kind == "folder":
-            return self._plan_folder(output, by_source.get("", []), checks.get("", []), in_place)
+        if self.kind in ("folder", "preset"):
+            return self._plan_folder(output, by_source, checks, in_place)
         return self._plan_sharded(output, by_source, checks, in_place)
 
     def plan_edit(self, output: Path, edit: Edit, in_place: bool) -> WritePlan:
@@ -82,11 +82,11 @@ class Keras3Writing:
             key = self._location.get(path)
             if key is None:
                 key = self._shard_for_new_weight(path)
-            by_source.setdefault(key, {})[path] = new
+            by_source.setdefault(key, {})[self._in_file(path)] = new
         checks: dict[str, list] = {}
         for weight, rows, expected in edit.checks:
             key = self._location.get(weight.strip("/"), next(iter(by_source), ""))
-            checks.setdefault(key, []).append((weight, rows, expected))
+            checks.setdefault(key, []).append((self._in_file(weight), rows, expected))
         config = self._config_bytes(edit.config) if edit.config is not None else None
         if self.kind == "archive":
             rebuild = self._rewrite_archive(by_source.get("", {}), config, edit.assets)
@@ -101,8 +101,8 @@ class Keras3Writing:
                 rebuild=self._rewrite("", by_source.get("", {})),
             )
             return WritePlan(output, [plan])
-        if self.kind == "folder":
-            return self._plan_folder_edit(output, by_source.get("", {}), config, edit, checks)
+        if self.kind in ("folder", "preset"):
+            return self._plan_folder_edit(output, by_source, config, edit, checks)
         return self._plan_sharded_edit(output, by_source, checks, in_place)
 
     def _shard_for_new_weight(self, path: str) -> str:
@@ -161,11 +161,19 @@ class Keras3Writing:
 
         return write
 
-    def _plan_folder_edit(self, output, weights, config, edit: Edit, checks) -> WritePlan:
+    def _in_file(self, path: str) -> str:
+        raise NotImplementedError
+
+    def _folder_files(self) -> dict[str, Path]:
+        """Each weights source's file, relative to the folder, by source key."""
+        return {"": Path(WEIGHTS_FILENAME)}
+
+    def _plan_folder_edit(self, output, by_source, config, edit: Edit, checks) -> WritePlan:
         replaced = {Path(ASSETS_DIRNAME) / name: data for name, data in edit.assets.items()}
         if config is not None:
             replaced[Path(CONFIG_FILENAME)] = config
         replaced.update({Path(name): data for name, data in edit.files.items()})
+        keys = {relative: key for key, relative in self._folder_files().items()}
         files = []
         for source in sorted(self.path.rglob("*")):
             if source.is_symlink():
@@ -174,10 +182,14 @@ class Keras3Writing:
                 continue
             relative = source.relative_to(self.path)
             target = output / relative
-            if relative == Path(WEIGHTS_FILENAME) and weights:
+            key = keys.get(relative)
+            if key is not None and by_source.get(key):
                 files.append(
                     FilePlan(
-                        target, source, checks=checks.get(""), rebuild=self._rewrite("", weights)
+                        target,
+                        source,
+                        checks=checks.get(key),
+                        rebuild=self._rewrite(key, by_source[key]),
                     )
                 )
             elif relative in replaced:
@@ -277,19 +289,26 @@ class Keras3Writing:
 
         return write
 
-    def _plan_folder(self, output, patches, checks, in_place) -> WritePlan:
-        weights = FilePlan(
-            output / WEIGHTS_FILENAME, self.path / WEIGHTS_FILENAME, patches=patches, checks=checks
-        )
+    def _plan_folder(self, output, by_source, checks, in_place) -> WritePlan:
+        changed = {
+            self.path / relative: FilePlan(
+                output / relative,
+                self.path / relative,
+                patches=by_source.get(key, []),
+                checks=checks.get(key, []),
+            )
+            for key, relative in self._folder_files().items()
+            if key in by_source or (key == "" and not by_source)
+        }
         if in_place:
-            return WritePlan(output, [weights])
+            return WritePlan(output, list(changed.values()))
         files = []
         for source in sorted(self.path.rglob("*")):
             if source.is_symlink():
                 raise UnsafeFile(f"{source}: symbolic links in a model folder are refused")
-            if source.is_file() and source != weights.source:
+            if source.is_file() and source not in changed:
                 files.append(FilePlan(output / source.relative_to(self.path), source))
-        return WritePlan(output, files + [weights], folder=output)
+        return WritePlan(output, files + list(changed.values()), folder=output)
 
     def _plan_sharded(self, output, by_source, checks, in_place) -> WritePlan:
         if in_place:
