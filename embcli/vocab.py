@@ -1,7 +1,10 @@
 """Vocabularies: which word each row of a table stands for.
 
 A table's vocabulary comes from a `TextVectorization`, `StringLookup` or `IntegerLookup`
-layer that feeds it in the same model, or from a file the user gives. The rows are laid out
+layer that feeds it in the same model, from the model's keras-hub tokenizer (a preset's
+`tokenizer.json` and `assets/tokenizer/...`, a `.keras` archive's tokenizer assets), or
+from a file the user gives (one token a line, a TSV column, or a tokenizer's own file:
+`vocab.json`, `tokenizer.json`, `tokenizer.model`, `*.spm`). The rows are laid out
 the way Keras's `IndexLookup` lays them out: the mask token first (when the layer has one
 and returns integer ids), then `num_oov_indices` OOV tokens, then the vocabulary proper.
 
@@ -22,6 +25,15 @@ import numpy as np
 from embcli.errors import BadVocabulary, NoVocabulary, UnknownToken
 from embcli.formats.base import ModelFile, Table
 from embcli.formats.naming import LAYERS_CONTAINER, TF_KERAS_LAYERS_CONTAINER, groups_from_config
+from embcli.tokenizer_assets import (
+    PRESET,
+    TokenizerFiles,
+    VocabularyAsset,
+    backbone_vocabulary_size,
+    find_vocabulary_asset,
+    read_asset,
+)
+from embcli.tokenizers import HF_TOKENIZER_JSON, TokenizerVocabulary, read_vocabulary
 
 TEXT_VECTORIZATION = "TextVectorization"
 STRING_LOOKUP = "StringLookup"
@@ -46,6 +58,10 @@ ID_PRESERVING_CLASSES = frozenset(
     }
 )
 MAX_VOCABULARY_FILE = 1 << 31
+TOKENIZER_SOURCE = "tokenizer:"
+TOKEN_TABLE_NAMES = ("token_embedding", "word_embed", "embed_tokens")
+SENTENCEPIECE_SUFFIXES = (".spm", ".model")
+KERAS_HUB_TOKENIZER_CONFIG = "tokenizer.json"
 
 
 class Vocabulary:
@@ -59,12 +75,20 @@ class Vocabulary:
     """
 
     def __init__(
-        self, tokens: Sequence[str], source: str, specials: int = 0, layer: str | None = None
+        self,
+        tokens: Sequence[str],
+        source: str,
+        specials: int = 0,
+        layer: str | None = None,
+        tokenizer: TokenizerVocabulary | None = None,
+        asset: VocabularyAsset | None = None,
     ) -> None:
         self.tokens = list(tokens)
         self.source = source
         self.specials = specials
         self.layer = layer
+        self.tokenizer = tokenizer
+        self.asset = asset
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -110,6 +134,10 @@ def load_vocabulary_file(path: str | Path, column: str | None = None) -> Vocabul
     """Tokens from a file: one per line, or with `column` a TSV with a header row.
 
     Only line breaks end a line (`\\n`, `\\r\\n`); blank lines at the end are dropped.
+    A tokenizer's own file is read as its format says, told by its name and content:
+    a JSON token -> id map (`vocab.json`), a Hugging Face `tokenizer.json` (or a keras-hub
+    preset's, whose vocabulary is under `assets/` beside it), a SentencePiece model
+    (`tokenizer.model`, `*.spm`).
     """
     path = Path(path)
     try:
@@ -120,6 +148,10 @@ def load_vocabulary_file(path: str | Path, column: str | None = None) -> Vocabul
         raise BadVocabulary(f"{path}: no such file") from None
     except IsADirectoryError:
         raise BadVocabulary(f"{path}: is a folder, not a vocabulary file") from None
+    if column is None:
+        tokenizer = _tokenizer_file(path, data)
+        if tokenizer is not None:
+            return Vocabulary(tokenizer.tokens, f"file:{path}", tokenizer=tokenizer)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -132,6 +164,39 @@ def load_vocabulary_file(path: str | Path, column: str | None = None) -> Vocabul
     if not lines:
         raise BadVocabulary(f"{path}: holds no tokens")
     return Vocabulary(lines, f"file:{path}")
+
+
+def _tokenizer_file(path: Path, data: bytes) -> TokenizerVocabulary | None:
+    """A tokenizer file's vocabulary, or None for a plain one-token-a-line file."""
+    if path.suffix.lower() in SENTENCEPIECE_SUFFIXES:
+        return read_vocabulary("sentencepiece", data, str(path))
+    if path.suffix.lower() != ".json":
+        return None
+    import json
+
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BadVocabulary(f"{path}: not valid JSON") from None
+    if not isinstance(document, dict):
+        raise BadVocabulary(f"{path}: not a JSON object")
+    if "model" in document:
+        return read_vocabulary(HF_TOKENIZER_JSON, data, str(path))
+    if "class_name" in document and "config" in document:
+        return _preset_tokenizer_beside(path, data)
+    return read_vocabulary("bpe", data, str(path))
+
+
+def _preset_tokenizer_beside(path: Path, data: bytes) -> TokenizerVocabulary:
+    """The vocabulary a keras-hub `tokenizer.json` names, under `assets/` beside it."""
+    from embcli.formats.keras3 import _folder_files
+
+    files = dict(_folder_files(path.parent).items())
+    files[KERAS_HUB_TOKENIZER_CONFIG] = data
+    try:
+        return read_asset(find_vocabulary_asset(TokenizerFiles(files, PRESET, None)), files)
+    except NoVocabulary as exc:
+        raise BadVocabulary(f"{path}: {exc}") from None
 
 
 def _tsv_column(path: Path, lines: list[str], column: str) -> list[str]:
@@ -459,13 +524,15 @@ def find_vocabulary(model: ModelFile, table: Table) -> Vocabulary | None:
     through layers that keep token ids as they are. When the graph does not tell, a
     model with exactly one lookup layer whose size matches the table's rows is used.
     """
+    if not table.is_embedding:
+        return None
     config = model.config()
-    if not isinstance(config, dict) or not table.is_embedding:
-        return None
-    graph = _ModelGraph(config)
-    lookups = [layer for layer in graph.lookups() if _rules(layer) is not None]
+    lookups: list[_Layer] = []
+    if isinstance(config, dict):
+        graph = _ModelGraph(config)
+        lookups = [layer for layer in graph.lookups() if _rules(layer) is not None]
     if not lookups:
-        return None
+        return tokenizer_vocabulary(model, table)
     layer, exact = graph.find(table)
     feeders: list[_Layer] = []
     conclusive = False
@@ -483,6 +550,37 @@ def find_vocabulary(model: ModelFile, table: Table) -> Vocabulary | None:
     if vocabulary is not None and len(vocabulary) == table.rows:
         return vocabulary
     return None
+
+
+def tokenizer_vocabulary(model: ModelFile, table: Table) -> Vocabulary | None:
+    """The vocabulary of a keras-hub model's tokenizer, for the table it indexes: the
+    one whose rows are the backbone's `vocabulary_size` (the token embedding, where
+    another table has as many rows)."""
+    found = getattr(model, "tokenizer_files", None)
+    source = found() if callable(found) else None
+    if not isinstance(source, TokenizerFiles):
+        return None
+    size = backbone_vocabulary_size(source.config)
+    if size is None or table.rows != size or not _is_token_table(model, table, size):
+        return None
+    try:
+        asset = find_vocabulary_asset(source)
+    except NoVocabulary:
+        return None
+    tokenizer = read_asset(asset, source.files)
+    return Vocabulary(
+        tokenizer.tokens, f"{TOKENIZER_SOURCE}{asset.name}", tokenizer=tokenizer, asset=asset
+    )
+
+
+def _is_token_table(model: ModelFile, table: Table, size: int) -> bool:
+    from embcli.model import list_tables
+
+    same = [t for t in list_tables(model) if t.rows == size]
+    if len(same) <= 1:
+        return True
+    named = [t for t in same if t.name.split("/")[-1] in TOKEN_TABLE_NAMES]
+    return len(named) == 1 and named[0].weight == table.weight
 
 
 def table_vocabulary(

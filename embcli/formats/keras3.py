@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -54,6 +55,7 @@ from embcli.guarded import (
     read_attr_text,
     read_member,
 )
+from embcli.tokenizer_assets import ARCHIVE, PRESET, TokenizerFiles
 
 CONFIG_FILENAME = "config.json"
 METADATA_FILENAME = "metadata.json"
@@ -66,6 +68,7 @@ NAME_ATTRIBUTE = "name"
 SHARD_MAP_KEY = "weight_map"
 MAX_UNZIPPED_WEIGHTS = 1 << 40
 KERAS_EMBEDDING_CLASS = "Embedding"
+TOKENIZER_CONFIG = "tokenizer.json"
 FORMAT_NAMES = {
     "archive": "keras archive",
     "folder": "keras folder",
@@ -162,7 +165,9 @@ class Keras3File(Keras3Writing, ModelFile):
         try:
             getattr(self, f"_open_{kind}")()
             self._owners = self._find_owners()
-            self._names = groups_from_config(self._config) if self._config else {}
+            self._names: dict[str, ConfigLayer] = (
+                groups_from_config(self._config) if self._config else {}
+            )
         except BaseException:
             self.close()
             raise
@@ -541,6 +546,36 @@ class Keras3File(Keras3Writing, ModelFile):
         )
         return known.config if known is not None else None
 
+    def tokenizer_files(self) -> TokenizerFiles | None:
+        """Where this model's tokenizer vocabulary may be: a `.keras` archive's (or an
+        unzipped model folder's) assets, or, for a `.weights.h5` inside a keras-hub
+        preset folder, that preset's files. Files are read only when looked up."""
+        if self._archive is not None:
+            archive = self._archive
+            names = [n for n in archive.namelist() if n.startswith(f"{ASSETS_DIRNAME}/")]
+            if CONFIG_FILENAME in archive.namelist():
+                names.append(CONFIG_FILENAME)
+            files = _LazyFiles(names, lambda name: read_member(archive, name))
+            return TokenizerFiles(files, ARCHIVE, self._config)
+        folder = self.path if self.kind in FOLDER_KINDS else None
+        config = self._config
+        if self.kind == "weights" and _is_plain_file(self.path.parent / TOKENIZER_CONFIG):
+            folder = self.path.parent
+            config_path = folder / CONFIG_FILENAME
+            if _is_plain_file(config_path):
+                config = self._parse_json_file(config_path)
+        if folder is None:
+            return None
+        return TokenizerFiles(
+            _folder_files(folder),
+            PRESET if _is_plain_file(folder / TOKENIZER_CONFIG) else ARCHIVE,
+            config,
+        )
+
+    def _parse_json_file(self, path: Path) -> dict | None:
+        document = parse_json(_read_small(path), str(path))
+        return document if isinstance(document, dict) else None
+
     def output_biases(self, table: Table) -> list[str]:
         """The output biases over `table`'s rows: the 1-D weight of each task head that
         keras-hub gives one (`MaskedLMHead`), when its length is the table's rows."""
@@ -575,6 +610,47 @@ def _class_from_group(group: str) -> str:
     derived = snake_to_class(group)
     base = re.sub(r"_\d+$", "", group)
     return _KNOWN_BY_SNAKE.get(base, derived)
+
+
+class _LazyFiles(Mapping[str, bytes]):
+    """File names known up front, contents read on first look-up."""
+
+    def __init__(self, names: list[str], read: Callable[[str], bytes]) -> None:
+        self._names = list(dict.fromkeys(names))
+        self._read = read
+        self._cache: dict[str, bytes] = {}
+
+    def __getitem__(self, name: str) -> bytes:
+        if name not in self._names:
+            raise KeyError(name)
+        if name not in self._cache:
+            self._cache[name] = self._read(name)
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _is_plain_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def _folder_files(folder: Path) -> _LazyFiles:
+    """A model folder's tokenizer config and assets; symbolic links are left out."""
+    names = [TOKENIZER_CONFIG] if _is_plain_file(folder / TOKENIZER_CONFIG) else []
+    assets = folder / ASSETS_DIRNAME
+    if assets.is_dir() and not assets.is_symlink():
+        for item in sorted(assets.rglob("*")):
+            relative = item.relative_to(folder)
+            if _is_plain_file(item) and not any(
+                (folder / Path(*relative.parts[:end])).is_symlink()
+                for end in range(1, len(relative.parts))
+            ):
+                names.append(relative.as_posix())
+    return _LazyFiles(names, lambda name: _read_small(folder / name))
 
 
 def shard_names(weight_map: dict) -> list[str]:

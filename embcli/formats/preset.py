@@ -106,19 +106,6 @@ class PresetFile(Keras3File):
             return None
         return _read_small(path)
 
-    def preset_files(self) -> dict[str, bytes]:
-        """The tokenizer's files: `tokenizer.json` and everything under `assets/`."""
-        found: dict[str, bytes] = {}
-        data = self.preset_file(TOKENIZER_CONFIG_FILENAME)
-        if data is not None:
-            found[TOKENIZER_CONFIG_FILENAME] = data
-        assets = self.path / "assets"
-        if assets.is_dir() and not assets.is_symlink():
-            for item in sorted(assets.rglob("*")):
-                if _is_plain_file(item):
-                    found[item.relative_to(self.path).as_posix()] = _read_small(item)
-        return found
-
 
 def _is_plain_file(path: Path) -> bool:
     return path.is_file() and not path.is_symlink()
