@@ -27,7 +27,7 @@ from embcli.formats.base import Edit, FilePlan, ModelFile, NewWeight, Table
 from embcli.init import Init, new_rows, parse_init, statistics
 from embcli.model import BLOCK_BYTES, find_table, iter_blocks, list_tables, open_model
 from embcli.resize_config import size_changes
-from embcli.vocab import Vocabulary, require_vocabulary, table_vocabulary
+from embcli.vocab import TOKENIZER_SOURCE, Vocabulary, require_vocabulary, table_vocabulary
 from embcli.vocab_edit import change_vocabulary, vocabulary_file_beside
 
 REVERSE_EMBEDDINGS = "reverse_embeddings"
@@ -175,6 +175,7 @@ def resize(
             dropped = len(vocabulary) - keep
             change = _vocabulary_change(artifact, vocabulary, keep, added, edit.config)
             edit.assets.update(change.assets)
+            edit.files.update(getattr(change, "files", {}))
             config_changes += [{"path": p, "old": o, "new": n} for p, o, n in change.config]
             if change.file_text is not None:
                 vocabulary_file = (vocabulary_file_beside(target), change.file_text)
@@ -266,6 +267,10 @@ def _sibling(table: Table, weight: str) -> str:
 
 
 def _vocabulary_change(artifact: ModelFile, vocabulary, keep, added, config):
+    if vocabulary.source.startswith(TOKENIZER_SOURCE):
+        from embcli.tokenizer_edit import change_tokenizer
+
+        return change_tokenizer(artifact, vocabulary, keep, added, config)
     asset = None
     if vocabulary.source.startswith("asset:"):
         asset = artifact.asset(vocabulary.source[len("asset:") :])
@@ -301,6 +306,7 @@ class _Resize:
         values = self._new_table_rows(grown, explicit)
         followers = self._table_followers(values)
         followers += self._reverse_followers(grown)
+        followers += self._output_bias_followers(grown)
         if head is not None:
             followers += self._head_followers(head, grown)
         for follower in list(followers):
@@ -374,6 +380,19 @@ class _Resize:
         columns = self._transposed_columns(weight, grown)
         stored = cast_values(columns, dtype, allow_lossy=self.allow_lossy)
         return [_Follower(weight, shape, 1, dtype, lambda n: stored[:, :n], reverse[0])]
+
+    def _output_bias_followers(self, grown: int) -> list[_Follower]:
+        """A task head's bias over the table's rows (keras-hub's `MaskedLMHead`), which
+        the format module names: new entries take the old entries' mean."""
+        biases = getattr(self.artifact, "output_biases", None)
+        followers = []
+        for weight in biases(self.table) if biases is not None else []:
+            shape, dtype = self.artifact.weight_info(weight)
+            old = self.artifact.read(weight, slice(None)).astype(np.float64)
+            bias = cast_values(np.full(grown, old.mean() if len(old) else 0.0), dtype)
+            trained = replace(self.table, weight=weight, shape=shape, owner=weight)
+            followers.append(_Follower(weight, shape, 0, dtype, lambda n, b=bias: b[:n], trained))
+        return followers
 
     def _transposed_columns(self, weight: str, grown: int) -> np.ndarray:
         """`grown` new columns for a `(dim, rows)` weight, by `init` over its columns."""

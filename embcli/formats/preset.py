@@ -11,11 +11,13 @@ with the task's own layers, e.g. a `MaskedLMHead` and its output bias), a tokeni
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
-from embcli.errors import MalformedFile, UnsafeFile
-from embcli.formats.base import H5Source
+from embcli.errors import MalformedFile, UnsafeFile, UnsupportedEdit
+from embcli.formats.base import Edit, H5Source, WritePlan
 from embcli.formats.keras3 import Keras3File, _read_small, shard_names
 from embcli.formats.registry import ArtifactKind, Probe
 from embcli.guarded import check_folder
@@ -29,6 +31,7 @@ WEIGHTS_FILENAME = "model.weights.h5"
 SHARDED_WEIGHTS_FILENAME = "model.weights.json"
 TASK_WEIGHTS_FILENAME = "task.weights.h5"
 TASK_PREFIX = "task/"
+TASK_BACKBONE_KEY = "backbone"
 KERAS_HUB_MODULE = "keras_hub"
 KERAS_HUB_REGISTERED = "keras_hub>"
 HUB_VERSION_KEY = "keras_hub_version"
@@ -92,6 +95,25 @@ class PresetFile(Keras3File):
     def task_config(self) -> dict | None:
         """`task.json` as parsed JSON, when the preset holds a task."""
         return self._task_config
+
+    def plan_edit(self, output: Path, edit: Edit, in_place: bool) -> WritePlan:
+        """As for any Keras folder; and a new backbone config is written into `task.json`
+        too, whose `backbone` is `config.json`'s, so that the task loads the same model."""
+        task = self._task_config
+        if edit.config is not None and task is not None and edit.config != self._config:
+            current = edit.files.get(TASK_CONFIG_FILENAME)
+            document = copy.deepcopy(task) if current is None else json.loads(current)
+            inner = document.get("config")
+            if isinstance(inner, dict) and inner.get(TASK_BACKBONE_KEY) == self._config:
+                inner[TASK_BACKBONE_KEY] = copy.deepcopy(edit.config)
+                edit = replace(edit, files={**edit.files})
+                edit.files[TASK_CONFIG_FILENAME] = self.task_config_bytes(document)
+            elif current is None:
+                raise UnsupportedEdit(
+                    f"{self.path}: {TASK_CONFIG_FILENAME} holds another backbone than "
+                    f"{CONFIG_FILENAME}, so embcli cannot keep them in step"
+                )
+        return super().plan_edit(output, edit, in_place)
 
     def task_config_bytes(self, config: dict) -> bytes:
         """A new `task.json`, laid out as the old one was."""
