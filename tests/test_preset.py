@@ -136,3 +136,60 @@ def test_a_row_edit_of_a_sharded_preset_touches_one_shard(tmp_path):
     assert changed == {"model_00000.weights.h5"}
     with embcli.open(folder) as model:
         np.testing.assert_array_equal(model.read("token_embedding", [3]), vectors)
+
+
+def copy_preset(tmp_path, name: str) -> Path:
+    folder = tmp_path / name
+    shutil.copytree(HUB / name, folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda f: (f / "task.json").write_text("{not json"),
+        lambda f: (f / "task.json").write_text("[1, 2]"),
+        lambda f: (f / "task.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64),
+        lambda f: (f / "config.json").write_text('{"config": '),
+        lambda f: (f / "assets/tokenizer/merges.txt").symlink_to("/etc/passwd"),
+        lambda f: (f / "model.weights.h5").unlink(),
+    ],
+)
+def test_a_damaged_preset_is_an_error_not_a_traceback(runner, tmp_path, damage):
+    folder = copy_preset(tmp_path, "bert_masked_lm")
+    damage(folder)
+    result = runner.invoke(cli, ["layers", str(folder)])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ")
+
+
+def test_a_tokenizer_config_pointing_outside_is_a_vocabulary_error(runner, tmp_path):
+    folder = copy_preset(tmp_path, "gpt2_causal_lm")
+    config = json.loads((folder / "tokenizer.json").read_text())
+    config["config"]["config_file"] = "../../etc/passwd"
+    (folder / "tokenizer.json").write_text(json.dumps(config))
+    result = runner.invoke(cli, ["layers", str(folder)])
+    assert result.exit_code == 1
+    assert "config_file" in result.output and "Traceback" not in result.output
+
+
+def test_a_preset_without_its_vocabulary_has_no_vocabulary(runner, tmp_path):
+    folder = copy_preset(tmp_path, "llama_backbone")
+    (folder / "assets/tokenizer/vocabulary.spm").unlink()
+    result = runner.invoke(cli, ["rows", str(folder), "--token", "<s>"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: no vocabulary is known for token_embedding")
+
+
+def test_a_task_holding_another_backbone_is_not_resized(runner, tmp_path):
+    folder = copy_preset(tmp_path, "gpt2_causal_lm")
+    task = json.loads((folder / "task.json").read_text())
+    task["config"]["backbone"]["config"]["num_layers"] = 7
+    (folder / "task.json").write_text(json.dumps(task))
+    result = runner.invoke(
+        cli,
+        ["resize", str(folder), "-l", "token_embedding", "--add", "1", "-o", str(tmp_path / "o")],
+    )
+    assert result.exit_code == 1
+    assert "another backbone" in result.output
+    assert not (tmp_path / "o").exists()
