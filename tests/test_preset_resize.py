@@ -259,3 +259,63 @@ def check_grown(report: dict, rows: int, added: int, dtype: str) -> None:
     old_logits, logits = np.asarray(report["old_logits"]), np.asarray(report["logits"])
     assert logits.shape[-1] == rows + added
     np.testing.assert_allclose(logits[..., :rows], old_logits, rtol=1e-5, atol=1e-6)
+
+
+TRAINED = r"""
+import json, os, sys
+os.environ["KERAS_BACKEND"] = "tensorflow"
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np
+import keras
+import keras_hub
+
+keras.utils.set_random_seed(1)
+backbone = keras_hub.models.BertBackbone(
+    vocabulary_size=30, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16,
+    max_sequence_length=8,
+)
+task = keras_hub.models.BertMaskedLM(backbone, preprocessor=None)
+task.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+ids = np.array([[1, 2, 3, 4]] * 2, dtype="int32")
+x = {
+    "token_ids": ids,
+    "segment_ids": np.zeros_like(ids),
+    "padding_mask": np.ones_like(ids),
+    "mask_positions": np.array([[1, 2]] * 2, dtype="int32"),
+}
+task.fit(x, np.array([[5, 6]] * 2), epochs=1, verbose=0)
+task.save(sys.argv[1])
+# Keras saves the optimizer's variables as optimizer/vars/0, 1, ... in this order.
+print(json.dumps([[v.path, keras.ops.convert_to_numpy(v).tolist()] for v in task.optimizer.variables]))
+"""
+
+
+@pytest.mark.keras
+@pytest.mark.tensorflow
+def test_a_trained_task_archive_keeps_its_optimizer_in_step(runner, tmp_path):
+    """Adam's slots for the table and for the MaskedLMHead's bias grow with them (new
+    entries zero); every other slot stays. Which slot is which comes from Keras."""
+    source, output = tmp_path / "trained.keras", tmp_path / "grown.keras"
+    done = subprocess.run(
+        [sys.executable, "-c", TRAINED, str(source)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    slots = json.loads(done.stdout.strip().splitlines()[-1])
+    record = resize(runner, source, output, "--add", "3")
+    assert "layers/masked_lm_head/vars/0" in record["resized"]
+    grown = set()
+    with embcli.open(output) as model:
+        for index, (path, old) in enumerate(slots):
+            old = np.asarray(old)
+            if old.ndim == 0:
+                continue
+            new = np.asarray(model.artifact.read(f"optimizer/vars/{index}", slice(None)))
+            leaf = path.rsplit("/", 1)[-1]
+            if leaf.startswith(("token_embedding_embeddings_", "mlm_head_output_bias_")):
+                grown.add(leaf)
+                assert new.shape == (33,) + old.shape[1:]
+                np.testing.assert_array_equal(new[:30], old)
+                np.testing.assert_array_equal(new[30:], 0)
+            else:
+                np.testing.assert_array_equal(new, old)
+    assert len(grown) == 4, grown
