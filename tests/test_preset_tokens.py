@@ -178,3 +178,40 @@ def test_broken_tokenizer_files_are_vocabulary_errors(tmp_path, file_name, data)
     path.write_bytes(data)
     with pytest.raises(BadVocabulary):
         load_vocabulary_file(path)
+
+
+def test_layers_of_a_preset_exactly(runner):
+    result = runner.invoke(cli, ["layers", str(HUB / "bert_masked_lm")])
+    assert result.exit_code == 0
+    assert result.output == (
+        "name                class                rows  dim  dtype    weight"
+        "                              vocab  vocab_source\n"
+        "segment_embedding   Embedding               2    8  float32  layers/embedding/vars/0"
+        "             -      -\n"
+        "position_embedding  PositionEmbedding      16    8  float32  "
+        "layers/position_embedding/vars/0    -      -\n"
+        "token_embedding     ReversibleEmbedding   164    8  float32  "
+        "layers/reversible_embedding/vars/0  164    tokenizer:assets/tokenizer/vocabulary.txt\n"
+    )
+
+
+def test_rows_by_sentencepiece_token_exactly(runner):
+    table = token_table("llama_backbone")
+    result = runner.invoke(
+        cli, ["rows", str(HUB / "llama_backbone"), "-l", TABLE, "--token", "<s>", "--token", "</s>"]
+    )
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0] == "row  token  vector"
+    assert lines[1].startswith("  1  <s>    ") and lines[2].startswith("  2  </s>   ")
+    for line, row in zip(lines[1:], (1, 2), strict=True):
+        values = np.array(line.split()[2:], dtype=np.float32)
+        np.testing.assert_array_equal(values, table[row])
+
+
+def test_an_unknown_token_is_an_error(runner):
+    result = runner.invoke(
+        cli, ["rows", str(HUB / "gpt2_causal_lm"), "-l", TABLE, "--token", "not-a-token-here"]
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: 'not-a-token-here' is not in the vocabulary")
