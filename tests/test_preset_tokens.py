@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import embcli
 from embcli.cli import cli
@@ -215,3 +217,34 @@ def test_an_unknown_token_is_an_error(runner):
     )
     assert result.exit_code == 1
     assert result.output.startswith("Error: 'not-a-token-here' is not in the vocabulary")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(["bert_masked_lm", "gpt2_causal_lm", "gemma_causal_lm"]),
+    tokens=st.lists(
+        st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=8),
+        min_size=1,
+        max_size=4,
+        unique=True,
+    ),
+)
+def test_added_tokens_read_back_at_the_end_of_the_tokenizer(name, tokens):
+    from embcli.tokenizer_assets import find_vocabulary_asset, read_asset
+    from embcli.tokenizer_edit import change_tokenizer
+
+    with embcli.open(HUB / name) as model:
+        vocabulary = model.table_vocabulary(TABLE)
+        tokens = [t for t in tokens if t not in vocabulary.tokens]
+        if not tokens:
+            return
+        source = model.artifact.tokenizer_files()
+        change = change_tokenizer(model.artifact, vocabulary, len(vocabulary), tokens, None)
+    files = dict(source.files.items())
+    files.update({f"assets/{n}": data for n, data in change.assets.items()})
+    files.update(change.files)
+    new = read_asset(find_vocabulary_asset(type(source)(files, source.layout, None)), files)
+    assert new.tokens == vocabulary.tokens + tokens
+    for document in (json.loads(change.files[n]) for n in change.files if n.endswith(".json")):
+        listed = json.dumps(document, ensure_ascii=False)
+        assert all(json.dumps(t, ensure_ascii=False) in listed for t in tokens)
