@@ -548,8 +548,8 @@ class Keras3File(Keras3Writing, ModelFile):
 
     def tokenizer_files(self) -> TokenizerFiles | None:
         """Where this model's tokenizer vocabulary may be: a `.keras` archive's (or an
-        unzipped model folder's) assets, or, for a `.weights.h5` inside a keras-hub
-        preset folder, that preset's files. Files are read only when looked up."""
+        unzipped model folder's) assets, or, for a `.weights.h5` or a shard index inside
+        a keras-hub preset folder, that preset's files. Files are read only when looked up."""
         if self._archive is not None:
             archive = self._archive
             names = [n for n in archive.namelist() if n.startswith(f"{ASSETS_DIRNAME}/")]
@@ -559,7 +559,9 @@ class Keras3File(Keras3Writing, ModelFile):
             return TokenizerFiles(files, ARCHIVE, self._config)
         folder = self.path if self.kind in FOLDER_KINDS else None
         config = self._config
-        if self.kind == "weights" and _is_plain_file(self.path.parent / TOKENIZER_CONFIG):
+        if self.kind in ("weights", "sharded") and _is_plain_file(
+            self.path.parent / TOKENIZER_CONFIG
+        ):
             folder = self.path.parent
             config_path = folder / CONFIG_FILENAME
             if _is_plain_file(config_path):
