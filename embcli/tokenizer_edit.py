@@ -46,7 +46,8 @@ class TokenizerChange:
     Attributes:
         assets: asset path (relative to `assets/`) -> new bytes.
         files: preset file name -> new bytes (`tokenizer.json`, `task.json`, ...).
-        config: `(path, old, new)` for each value changed in the model config given.
+        config: `(path, old, new)` for each value changed: in the model config given,
+            or `file:path` in a preset's JSON file.
         file_text: unused here (tokenizers are never written beside the model).
     """
 
@@ -102,8 +103,10 @@ def change_tokenizer(
                 continue
             document = json.loads(source.files[name])
             edited = copy.deepcopy(document)
-            if _list_tokens(edited, asset.kind, added):
+            paths = _list_tokens(edited, asset.kind, added)
+            if paths:
                 change.files[name] = json.dumps(edited, indent=PRESET_JSON_INDENT).encode()
+                change.config += [(f"{name}:{p}", _at(document, p), _at(edited, p)) for p in paths]
     elif config is not None:
         before = copy.deepcopy(config)
         for path in _list_tokens(config, asset.kind, added):

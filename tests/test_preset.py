@@ -151,6 +151,8 @@ def copy_preset(tmp_path, name: str) -> Path:
         lambda f: (f / "task.json").write_text("[1, 2]"),
         lambda f: (f / "task.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64),
         lambda f: (f / "config.json").write_text('{"config": '),
+        lambda f: (f / "preprocessor.json").write_text("{"),
+        lambda f: (f / "metadata.json").write_text("null"),
         lambda f: (f / "assets/tokenizer/merges.txt").symlink_to("/etc/passwd"),
         lambda f: (f / "model.weights.h5").unlink(),
     ],

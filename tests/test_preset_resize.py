@@ -94,6 +94,9 @@ if tokens:
     pieces = {t: np.asarray(tokenizer(t)).tolist() for t in tokens}
     report["tokenized"] = {t: [tokenizer.id_to_token(i) for i in p] for t, p in pieces.items()}
     report["tokenized_ids"] = pieces
+    if task is not None and getattr(task, "preprocessor", None) is not None:
+        inner = task.preprocessor.tokenizer
+        report["task_tokenized"] = {t: np.asarray(inner(t)).tolist() for t in tokens}
 reverse = getattr(backbone.token_embedding, "reverse_embeddings", None)
 if reverse is not None:
     report["old_reverse"] = to_numpy(old_backbone.token_embedding.reverse_embeddings).tolist()
@@ -168,6 +171,9 @@ def test_resize_reports_the_sizes(resized, name):
     assert (first["old_rows"], first["new_rows"]) == (rows, rows + 5)
     assert (second["old_rows"], second["new_rows"]) == (rows, rows + 2)
     assert second["added_tokens"] == TOKENS
+    paths = [change["path"] for change in second["config"]]
+    if MANIFEST[name]["tokenizer"]["kind"] == "bpe" and not name.endswith(".keras"):
+        assert "tokenizer.json:/config/unsplittable_tokens" in paths
 
 
 @pytest.mark.parametrize("name", [n for n in CASES if not n.endswith(".keras")])
@@ -240,6 +246,8 @@ def test_keras_hub_loads_the_resized_model(resized, name):
                 pieces = [p for p in report["tokenized"][token] if p != WORD_BOUNDARY]
                 assert pieces == [token], report["tokenized"][token]
                 assert report["tokenized_ids"][token][-1] == row
+                if "task_tokenized" in report:
+                    assert report["task_tokenized"][token] == report["tokenized_ids"][token]
 
 
 def check_grown(report: dict, rows: int, added: int, dtype: str) -> None:

@@ -69,6 +69,7 @@ SHARD_MAP_KEY = "weight_map"
 MAX_UNZIPPED_WEIGHTS = 1 << 40
 KERAS_EMBEDDING_CLASS = "Embedding"
 TOKENIZER_CONFIG = "tokenizer.json"
+TOKENIZER_CONFIGS = (TOKENIZER_CONFIG, "preprocessor.json", "task.json")
 FORMAT_NAMES = {
     "archive": "keras archive",
     "folder": "keras folder",
@@ -641,8 +642,9 @@ def _is_plain_file(path: Path) -> bool:
 
 
 def _folder_files(folder: Path) -> _LazyFiles:
-    """A model folder's tokenizer config and assets; symbolic links are left out."""
-    names = [TOKENIZER_CONFIG] if _is_plain_file(folder / TOKENIZER_CONFIG) else []
+    """A model folder's tokenizer configs (its own, and the preprocessor's and task's that
+    serialize it too) and assets; symbolic links are left out."""
+    names = [name for name in TOKENIZER_CONFIGS if _is_plain_file(folder / name)]
     assets = folder / ASSETS_DIRNAME
     if assets.is_dir() and not assets.is_symlink():
         for item in sorted(assets.rglob("*")):

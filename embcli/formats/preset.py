@@ -5,8 +5,9 @@ A preset holds a backbone (`config.json` with its constructor arguments, and its
 optionally a task (`task.json`, whose config nests the backbone's, and `task.weights.h5`
 with the task's own layers, e.g. a `MaskedLMHead` and its output bias), a tokenizer
 (`tokenizer.json` and its vocabulary under `assets/tokenizer/`), a preprocessor and
-`metadata.json`. Weights are read as in any Keras 3 folder; the task's are shown under
-`task/`, so that a task layer never takes the name of a backbone layer.
+`metadata.json`; each JSON file must parse, or the preset is refused. Weights are read as
+in any Keras 3 folder; the task's are shown under `task/`, so that a task layer never
+takes the name of a backbone layer.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class PresetFile(Keras3File):
             text = _read_small(task_path)
             self._task_config = _json_object(text, task_path)
             self._task_indent = _indent(text)
+        for name in (METADATA_FILENAME, PREPROCESSOR_CONFIG_FILENAME, TOKENIZER_CONFIG_FILENAME):
+            if _is_plain_file(self.path / name):
+                _json_object(_read_small(self.path / name), self.path / name)
         task_weights = self.path / TASK_WEIGHTS_FILENAME
         if task_weights.is_symlink():
             raise UnsafeFile(f"{task_weights}: symbolic links in a model folder are refused")
