@@ -436,14 +436,13 @@ def _rules(layer: _Layer) -> _LookupRules | None:
     if config.get("output_mode", "int") != "int" or config.get("invert", False):
         return None
     if layer.class_name == TEXT_VECTORIZATION:
-        mask, oov, num_oov = TEXT_VECTORIZATION_SPECIALS
-        return _LookupRules(mask, oov, num_oov, False)
+        return _LookupRules(*TEXT_VECTORIZATION_SPECIALS, False)
     integer = layer.class_name == INTEGER_LOOKUP
     num_oov = config.get("num_oov_indices", 1)
     if not isinstance(num_oov, int) or isinstance(num_oov, bool) or num_oov < 0:
         return None
-    mask = config.get("mask_token")
-    oov = config.get("oov_token", DEFAULT_OOV[layer.class_name])
+    mask: Any = config.get("mask_token")
+    oov: Any = config.get("oov_token", DEFAULT_OOV[layer.class_name])
     if integer:
         mask = _as_int(mask)
         oov = _as_int(oov)

@@ -172,6 +172,12 @@ def test_resize_reports_the_sizes(resized, name):
     assert (second["old_rows"], second["new_rows"]) == (rows, rows + 2)
     assert second["added_tokens"] == TOKENS
     paths = [change["path"] for change in second["config"]]
+    if (HUB / name / "task.json").exists():
+        assert {
+            "path": "task.json:/config/backbone/config/vocabulary_size",
+            "old": rows,
+            "new": rows + 5,
+        } in first["config"]
     if MANIFEST[name]["tokenizer"]["kind"] == "bpe" and not name.endswith(".keras"):
         assert "tokenizer.json:/config/unsplittable_tokens" in paths
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -156,7 +157,7 @@ class Keras3File(Keras3Writing, ModelFile):
         self._archive: zipfile.ZipFile | None = None
         self._member: zipfile.ZipInfo | None = None
         self._member_offset: int | None = None
-        self._spill = None
+        self._spill: Any = None
         self._config: dict | None = None
         self._config_indent: int | None = None
         self._shard_map: dict | None = None
@@ -213,7 +214,7 @@ class Keras3File(Keras3Writing, ModelFile):
         spill = tempfile.TemporaryFile(prefix="embcli-")  # noqa: SIM115
         written = 0
         try:
-            with self._archive.open(info) as member:
+            with self._zip.open(info) as member:
                 while chunk := member.read(1 << 20):
                     written += len(chunk)
                     if written > info.file_size:
@@ -596,7 +597,8 @@ class Keras3File(Keras3Writing, ModelFile):
             source.close()
         self._sources = {}
         if self._archive is not None:
-            self._archive.fp.close()
+            if self._archive.fp is not None:
+                self._archive.fp.close()
             self._archive.close()
             self._archive = None
         if self._spill is not None:
