@@ -189,9 +189,9 @@ def _tokenizer_file(path: Path, data: bytes) -> TokenizerVocabulary | None:
 
 def _preset_tokenizer_beside(path: Path, data: bytes) -> TokenizerVocabulary:
     """The vocabulary a keras-hub `tokenizer.json` names, under `assets/` beside it."""
-    from embcli.formats.keras3 import _folder_files
+    from embcli.formats.side_files import folder_tokenizer_files
 
-    files = dict(_folder_files(path.parent).items())
+    files = dict(folder_tokenizer_files(path.parent).items())
     files[KERAS_HUB_TOKENIZER_CONFIG] = data
     try:
         return read_asset(find_vocabulary_asset(TokenizerFiles(files, PRESET, None)), files)

@@ -14,7 +14,6 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -30,18 +29,29 @@ from embcli.formats.base import (
     Table,
     numpy_dtype,
     slots_by_shape,
-    snake_to_class,
     vars_index,
 )
 from embcli.formats.keras3_write import Keras3Writing
 from embcli.formats.naming import (
+    EMBEDDING_CONFIG_KEYS,
+    KNOWN_SUBLAYER_CLASSES,
     LAYERS_CONTAINER,
     TF_KERAS_LAYERS_CONTAINER,
     ConfigLayer,
+    class_from_auto_name,
+    class_from_group,
     groups_from_config,
-    to_snake_case,
+    names_an_embedding,
+    serialized_layers,
 )
 from embcli.formats.registry import ArtifactKind, Probe
+from embcli.formats.side_files import (
+    TOKENIZER_CONFIG_FILE,
+    LazyFiles,
+    folder_tokenizer_files,
+    is_plain_file,
+    read_small,
+)
 from embcli.guarded import (
     ZIP_EMPTY_SIGNATURE,
     ZIP_ERRORS,
@@ -69,8 +79,6 @@ NAME_ATTRIBUTE = "name"
 SHARD_MAP_KEY = "weight_map"
 MAX_UNZIPPED_WEIGHTS = 1 << 40
 KERAS_EMBEDDING_CLASS = "Embedding"
-TOKENIZER_CONFIG = "tokenizer.json"
-TOKENIZER_CONFIGS = (TOKENIZER_CONFIG, "preprocessor.json", "task.json")
 FORMAT_NAMES = {
     "archive": "keras archive",
     "folder": "keras folder",
@@ -82,58 +90,6 @@ FOLDER_KINDS = ("folder", "preset")
 # Task layers whose 1-D weight is a bias over the vocabulary (keras-hub's MaskedLMHead).
 OUTPUT_BIAS_CLASSES = ("MaskedLMHead",)
 
-# keras-hub layers that keep their tables as attributes, by (parent class, attribute); from
-# keras-hub 0.32's layer sources. Backbones are Functional, so their own tables are filed
-# under their class's snake_case name and need no entry here.
-KNOWN_SUBLAYER_CLASSES = {
-    ("TokenAndPositionEmbedding", "token_embedding"): "ReversibleEmbedding",
-    ("TokenAndPositionEmbedding", "position_embedding"): "PositionEmbedding",
-    ("ContentAndQueryEmbedding", "word_embed"): "Embedding",
-    ("BLIP2OPTEmbeddings", "token_embedding"): "ReversibleEmbedding",
-    ("BLIP2OPTEmbeddings", "position_embedding"): "Embedding",
-    ("CLIPVisionEmbedding", "position_embedding"): "Embedding",
-    ("Gemma3VisionEmbedding", "position_embedding"): "Embedding",
-    ("Gemma3nMultimodalEmbedder", "embedding"): "Embedding",
-    ("Gemma3nTextScaledWordEmbedding", "embedding"): "Embedding",
-    ("MetaCLIP2VisionEmbedding", "position_embedding"): "Embedding",
-    ("PaliGemmaVitEmbeddings", "position_embedding"): "Embedding",
-    ("PARSeqDecoder", "token_embedding"): "Embedding",
-    ("SigLIPVisionEmbedding", "position_embedding"): "Embedding",
-    ("SigLIPTextEmbedding", "token_embedding"): "ReversibleEmbedding",
-    ("SigLIPTextEmbedding", "position_embedding"): "ReversibleEmbedding",
-    ("T5Encoder", "token_embedding"): "ReversibleEmbedding",
-    ("VideoPrismEmbedding", "token_embedding"): "Embedding",
-    ("VideoPrismPatchingAndEmbedding", "position_embedding"): "Embedding",
-    ("VideoPrismTemporalEmbedding", "embedding"): "Embedding",
-    ("ViTPatchingAndEmbedding", "position_embedding"): "Embedding",
-    ("DFineInitialQueryAndReferenceGenerator", "weight_embedding"): "Embedding",
-    ("SAMMaskDecoder", "iou_token"): "Embedding",
-    ("SAMMaskDecoder", "mask_tokens"): "Embedding",
-    ("SAMPromptEncoder", "foreground_point_embed"): "Embedding",
-    ("SAMPromptEncoder", "background_point_embed"): "Embedding",
-    ("SAMPromptEncoder", "top_left_corner_embed"): "Embedding",
-    ("SAMPromptEncoder", "bottom_right_corner_embed"): "Embedding",
-    ("SAMPromptEncoder", "not_a_point_embed"): "Embedding",
-    ("SAMPromptEncoder", "no_mask_embed"): "Embedding",
-    ("SAM3DetrDecoder", "query_embed"): "Embedding",
-    ("SAM3DetrDecoder", "reference_points"): "Embedding",
-    ("SAM3DetrDecoder", "presence_token"): "Embedding",
-    ("SAM3GeometryEncoder", "label_embed"): "Embedding",
-    ("SAM3GeometryEncoder", "cls_embed"): "Embedding",
-}
-# Classes whose snake_case group name does not give their spelling back.
-_KNOWN_BY_SNAKE = {
-    to_snake_case(name): name
-    for name in ("MaskedLMHead", "GPT2Backbone", "T5Backbone", "XLNetBackbone")
-}
-# Classes whose default layer name (`embedding_3`) tells the class of a layer whose group
-# does not: Keras names an unnamed layer after its class.
-AUTO_NAMED_CLASSES = ("Embedding", "ReversibleEmbedding", "PositionEmbedding")
-_AUTO_NAME = re.compile(r"^([a-z_]+?)(_\d+)?$")
-# A name that says "embedding": the only evidence taken for a sublayer of unknown class.
-_EMBEDDING_WORD = re.compile(r"(^|_)(emb|embed|embeds|embedding|embeddings)(_|\d|$)")
-# The keys of an Embedding layer's config, found for a sublayer a config serializes.
-EMBEDDING_CONFIG_KEYS = ("input_dim", "output_dim")
 _CONTAINER_PARTS = {LAYERS_CONTAINER, TF_KERAS_LAYERS_CONTAINER}
 
 
@@ -230,7 +186,7 @@ class Keras3File(Keras3Writing, ModelFile):
         check_folder(self.path)
         config_path = self.path / CONFIG_FILENAME
         if config_path.is_file():
-            self._config = self._parse_config(_read_small(config_path))
+            self._config = self._parse_config(read_small(config_path))
         weights = self.path / WEIGHTS_FILENAME
         if weights.is_symlink() or not weights.is_file():
             raise MalformedFile(f"{self.path}: the folder has no {WEIGHTS_FILENAME}")
@@ -243,7 +199,7 @@ class Keras3File(Keras3Writing, ModelFile):
         self._open_shards(self.path)
 
     def _open_shards(self, index_path: Path) -> None:
-        index = parse_json(_read_small(index_path), str(index_path))
+        index = parse_json(read_small(index_path), str(index_path))
         weight_map = index.get(SHARD_MAP_KEY) if isinstance(index, dict) else None
         if not isinstance(weight_map, dict):
             raise MalformedFile(f"{index_path}: no {SHARD_MAP_KEY} in the shard index")
@@ -327,7 +283,7 @@ class Keras3File(Keras3Writing, ModelFile):
         if self.kind in FOLDER_KINDS:
             path = self.path / ASSETS_DIRNAME / name
             if path.is_file() and not path.is_symlink():
-                return _read_small(path)
+                return read_small(path)
         return None
 
     def tables(self, all_weights: bool = False) -> list[Table]:
@@ -388,7 +344,7 @@ class Keras3File(Keras3Writing, ModelFile):
             return known.class_name, known.config
         parts = group.split("/")
         if len(parts) >= 2 and self._is_container("/".join(parts[:-1])):
-            return _class_from_group(parts[-1]), None
+            return class_from_group(parts[-1]), None
         if len(parts) >= 2:
             parent = "/".join(parts[:-1])
             parent_class = self._class_name(parent) if parent else None
@@ -399,35 +355,15 @@ class Keras3File(Keras3Writing, ModelFile):
             serialized = self._serialized_layers.get(saved.saved_name)
             if serialized is not None:
                 return serialized
-            auto = _AUTO_NAME.match(saved.saved_name)
-            if auto and snake_to_class(auto.group(1)) in AUTO_NAMED_CLASSES:
-                return snake_to_class(auto.group(1)), None
+            auto = class_from_auto_name(saved.saved_name)
+            if auto is not None:
+                return auto, None
         return None, None
 
     @cached_property
     def _serialized_layers(self) -> dict[str, tuple[str, dict]]:
-        """Layers that a config serializes by name (`{"class_name", "config": {"name"}}`)
-        outside any layer list, e.g. a subclassed model's `get_config`; only names held
-        by one of them."""
-        found: dict[str, tuple[str, dict] | None] = {}
         listed = {id(entry.config) for entry in self._names.values()}
-        stack: list = [self._config] if self._config else []
-        while stack:
-            item = stack.pop()
-            if isinstance(item, list):
-                stack.extend(item)
-                continue
-            if not isinstance(item, dict):
-                continue
-            stack.extend(item.values())
-            inner = item.get("config")
-            class_name = item.get("class_name")
-            if not (isinstance(inner, dict) and isinstance(class_name, str)):
-                continue
-            name = inner.get("name")
-            if isinstance(name, str) and id(inner) not in listed:
-                found[name] = None if name in found else (class_name, inner)
-        return {name: entry for name, entry in found.items() if entry is not None}
+        return serialized_layers(self._config, listed)
 
     def _is_container(self, group: str) -> bool:
         """Whether a group holds a list of objects, whose names Keras derives from their
@@ -448,7 +384,7 @@ class Keras3File(Keras3Writing, ModelFile):
             return isinstance(config, dict) and all(k in config for k in EMBEDDING_CONFIG_KEYS)
         attribute = owner.group.rsplit("/", 1)[-1].lstrip("_")
         names = [attribute.lower(), (owner.saved_name or "").lower()]
-        if any(_EMBEDDING_WORD.search(name) for name in names):
+        if any(names_an_embedding(name) for name in names):
             return True
         shapes = [info.shape for info in infos]
         return (
@@ -557,27 +493,27 @@ class Keras3File(Keras3Writing, ModelFile):
             names = [n for n in archive.namelist() if n.startswith(f"{ASSETS_DIRNAME}/")]
             if CONFIG_FILENAME in archive.namelist():
                 names.append(CONFIG_FILENAME)
-            files = _LazyFiles(names, lambda name: read_member(archive, name))
+            files = LazyFiles(names, lambda name: read_member(archive, name))
             return TokenizerFiles(files, ARCHIVE, self._config)
         folder = self.path if self.kind in FOLDER_KINDS else None
         config = self._config
-        if self.kind in ("weights", "sharded") and _is_plain_file(
-            self.path.parent / TOKENIZER_CONFIG
+        if self.kind in ("weights", "sharded") and is_plain_file(
+            self.path.parent / TOKENIZER_CONFIG_FILE
         ):
             folder = self.path.parent
             config_path = folder / CONFIG_FILENAME
-            if _is_plain_file(config_path):
+            if is_plain_file(config_path):
                 config = self._parse_json_file(config_path)
         if folder is None:
             return None
         return TokenizerFiles(
-            _folder_files(folder),
-            PRESET if _is_plain_file(folder / TOKENIZER_CONFIG) else ARCHIVE,
+            folder_tokenizer_files(folder),
+            PRESET if is_plain_file(folder / TOKENIZER_CONFIG_FILE) else ARCHIVE,
             config,
         )
 
     def _parse_json_file(self, path: Path) -> dict | None:
-        document = parse_json(_read_small(path), str(path))
+        document = parse_json(read_small(path), str(path))
         return document if isinstance(document, dict) else None
 
     def output_biases(self, table: Table) -> list[str]:
@@ -609,56 +545,6 @@ class Keras3File(Keras3Writing, ModelFile):
             self._fd = None
 
 
-def _class_from_group(group: str) -> str:
-    """The class a container group is named after, spelt as the class is where embcli
-    knows it (`masked_lm_head` is `MaskedLMHead`, not `MaskedLmHead`)."""
-    derived = snake_to_class(group)
-    base = re.sub(r"_\d+$", "", group)
-    return _KNOWN_BY_SNAKE.get(base, derived)
-
-
-class _LazyFiles(Mapping[str, bytes]):
-    """File names known up front, contents read on first look-up."""
-
-    def __init__(self, names: list[str], read: Callable[[str], bytes]) -> None:
-        self._names = list(dict.fromkeys(names))
-        self._read = read
-        self._cache: dict[str, bytes] = {}
-
-    def __getitem__(self, name: str) -> bytes:
-        if name not in self._names:
-            raise KeyError(name)
-        if name not in self._cache:
-            self._cache[name] = self._read(name)
-        return self._cache[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-
-def _is_plain_file(path: Path) -> bool:
-    return path.is_file() and not path.is_symlink()
-
-
-def _folder_files(folder: Path) -> _LazyFiles:
-    """A model folder's tokenizer configs (its own, and the preprocessor's and task's that
-    serialize it too) and assets; symbolic links are left out."""
-    names = [name for name in TOKENIZER_CONFIGS if _is_plain_file(folder / name)]
-    assets = folder / ASSETS_DIRNAME
-    if assets.is_dir() and not assets.is_symlink():
-        for item in sorted(assets.rglob("*")):
-            relative = item.relative_to(folder)
-            if _is_plain_file(item) and not any(
-                (folder / Path(*relative.parts[:end])).is_symlink()
-                for end in range(1, len(relative.parts))
-            ):
-                names.append(relative.as_posix())
-    return _LazyFiles(names, lambda name: _read_small(folder / name))
-
-
 def shard_names(weight_map: dict) -> list[str]:
     """The shard files a weight map names, in first-seen order; each must be a bare name."""
     names: list[str] = []
@@ -679,12 +565,6 @@ def _indent_of(text: bytes) -> int | None:
     """The indent a JSON text was written with, or None for a single line."""
     match = re.match(rb"\{\r?\n( +)", text)
     return len(match.group(1)) if match else None
-
-
-def _read_small(path: Path, limit: int = 256 * 1024 * 1024) -> bytes:
-    if path.stat().st_size > limit:
-        raise UnsafeFile(f"{path} is larger than {limit} bytes")
-    return path.read_bytes()
 
 
 def _is_archive(probe: Probe) -> bool:

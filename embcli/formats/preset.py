@@ -19,8 +19,9 @@ from pathlib import Path
 
 from embcli.errors import MalformedFile, UnsafeFile, UnsupportedEdit
 from embcli.formats.base import Edit, H5Source, WritePlan
-from embcli.formats.keras3 import Keras3File, _read_small, shard_names
+from embcli.formats.keras3 import Keras3File, shard_names
 from embcli.formats.registry import ArtifactKind, Probe
+from embcli.formats.side_files import is_plain_file, read_small
 from embcli.guarded import check_folder
 
 CONFIG_FILENAME = "config.json"
@@ -50,13 +51,13 @@ class PresetFile(Keras3File):
     def _open_preset(self) -> None:
         check_folder(self.path)
         config_path = self.path / CONFIG_FILENAME
-        if _is_plain_file(config_path):
-            self._config = self._parse_config(_read_small(config_path))
+        if is_plain_file(config_path):
+            self._config = self._parse_config(read_small(config_path))
         whole = self.path / WEIGHTS_FILENAME
         sharded = self.path / SHARDED_WEIGHTS_FILENAME
-        if _is_plain_file(whole):
+        if is_plain_file(whole):
             self._sources[""] = H5Source(whole)
-        elif _is_plain_file(sharded):
+        elif is_plain_file(sharded):
             self._open_shards(sharded)
         else:
             raise MalformedFile(
@@ -64,13 +65,13 @@ class PresetFile(Keras3File):
                 f"nor {SHARDED_WEIGHTS_FILENAME}"
             )
         task_path = self.path / TASK_CONFIG_FILENAME
-        if _is_plain_file(task_path):
-            text = _read_small(task_path)
+        if is_plain_file(task_path):
+            text = read_small(task_path)
             self._task_config = _json_object(text, task_path)
             self._task_indent = _indent(text)
         for name in (METADATA_FILENAME, PREPROCESSOR_CONFIG_FILENAME, TOKENIZER_CONFIG_FILENAME):
-            if _is_plain_file(self.path / name):
-                _json_object(_read_small(self.path / name), self.path / name)
+            if is_plain_file(self.path / name):
+                _json_object(read_small(self.path / name), self.path / name)
         task_weights = self.path / TASK_WEIGHTS_FILENAME
         if task_weights.is_symlink():
             raise UnsafeFile(f"{task_weights}: symbolic links in a model folder are refused")
@@ -128,13 +129,9 @@ class PresetFile(Keras3File):
     def preset_file(self, name: str) -> bytes | None:
         """A small file of the preset (`tokenizer.json`, `assets/tokenizer/...`), if present."""
         path = self.path / name
-        if ".." in Path(name).parts or not _is_plain_file(path):
+        if ".." in Path(name).parts or not is_plain_file(path):
             return None
-        return _read_small(path)
-
-
-def _is_plain_file(path: Path) -> bool:
-    return path.is_file() and not path.is_symlink()
+        return read_small(path)
 
 
 def _indent(text: bytes) -> int | None:
@@ -158,7 +155,7 @@ def _json_object(text: bytes, path: Path) -> dict:
 def _small_json(path: Path) -> dict | None:
     """A small JSON object file, or None when it is missing, large or unreadable."""
     try:
-        if not _is_plain_file(path) or path.stat().st_size > PROBE_LIMIT:
+        if not is_plain_file(path) or path.stat().st_size > PROBE_LIMIT:
             return None
         document = json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError):
