@@ -25,15 +25,9 @@ import numpy as np
 from embcli.errors import BadVocabulary, NoVocabulary, UnknownToken
 from embcli.formats.base import ModelFile, Table
 from embcli.formats.naming import LAYERS_CONTAINER, TF_KERAS_LAYERS_CONTAINER, groups_from_config
-from embcli.tokenizer_assets import (
-    PRESET,
-    TokenizerFiles,
-    VocabularyAsset,
-    backbone_vocabulary_size,
-    find_vocabulary_asset,
-    read_asset,
-)
-from embcli.tokenizers import HF_TOKENIZER_JSON, TokenizerVocabulary, read_vocabulary
+from embcli.tokenizer_assets import VocabularyAsset
+from embcli.tokenizer_vocab import model_tokenizer, read_tokenizer_file
+from embcli.tokenizers import TokenizerVocabulary
 
 TEXT_VECTORIZATION = "TextVectorization"
 STRING_LOOKUP = "StringLookup"
@@ -59,9 +53,6 @@ ID_PRESERVING_CLASSES = frozenset(
 )
 MAX_VOCABULARY_FILE = 1 << 31
 TOKENIZER_SOURCE = "tokenizer:"
-TOKEN_TABLE_NAMES = ("token_embedding", "word_embed", "embed_tokens")
-SENTENCEPIECE_SUFFIXES = (".spm", ".model")
-KERAS_HUB_TOKENIZER_CONFIG = "tokenizer.json"
 
 
 class Vocabulary:
@@ -149,7 +140,7 @@ def load_vocabulary_file(path: str | Path, column: str | None = None) -> Vocabul
     except IsADirectoryError:
         raise BadVocabulary(f"{path}: is a folder, not a vocabulary file") from None
     if column is None:
-        tokenizer = _tokenizer_file(path, data)
+        tokenizer = read_tokenizer_file(path, data)
         if tokenizer is not None:
             return Vocabulary(tokenizer.tokens, f"file:{path}", tokenizer=tokenizer)
     try:
@@ -164,39 +155,6 @@ def load_vocabulary_file(path: str | Path, column: str | None = None) -> Vocabul
     if not lines:
         raise BadVocabulary(f"{path}: holds no tokens")
     return Vocabulary(lines, f"file:{path}")
-
-
-def _tokenizer_file(path: Path, data: bytes) -> TokenizerVocabulary | None:
-    """A tokenizer file's vocabulary, or None for a plain one-token-a-line file."""
-    if path.suffix.lower() in SENTENCEPIECE_SUFFIXES:
-        return read_vocabulary("sentencepiece", data, str(path))
-    if path.suffix.lower() != ".json":
-        return None
-    import json
-
-    try:
-        document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise BadVocabulary(f"{path}: not valid JSON") from None
-    if not isinstance(document, dict):
-        raise BadVocabulary(f"{path}: not a JSON object")
-    if "model" in document:
-        return read_vocabulary(HF_TOKENIZER_JSON, data, str(path))
-    if "class_name" in document and "config" in document:
-        return _preset_tokenizer_beside(path, data)
-    return read_vocabulary("bpe", data, str(path))
-
-
-def _preset_tokenizer_beside(path: Path, data: bytes) -> TokenizerVocabulary:
-    """The vocabulary a keras-hub `tokenizer.json` names, under `assets/` beside it."""
-    from embcli.formats.side_files import folder_tokenizer_files
-
-    files = dict(folder_tokenizer_files(path.parent).items())
-    files[KERAS_HUB_TOKENIZER_CONFIG] = data
-    try:
-        return read_asset(find_vocabulary_asset(TokenizerFiles(files, PRESET, None)), files)
-    except NoVocabulary as exc:
-        raise BadVocabulary(f"{path}: {exc}") from None
 
 
 def _tsv_column(path: Path, lines: list[str], column: str) -> list[str]:
@@ -552,34 +510,15 @@ def find_vocabulary(model: ModelFile, table: Table) -> Vocabulary | None:
 
 
 def tokenizer_vocabulary(model: ModelFile, table: Table) -> Vocabulary | None:
-    """The vocabulary of a keras-hub model's tokenizer, for the table it indexes: the
-    one whose rows are the backbone's `vocabulary_size` (the token embedding, where
-    another table has as many rows)."""
-    found = getattr(model, "tokenizer_files", None)
-    source = found() if callable(found) else None
-    if not isinstance(source, TokenizerFiles):
+    """The vocabulary of a keras-hub model's tokenizer, for the table it indexes (see
+    `embcli.tokenizer_vocab.model_tokenizer`)."""
+    found = model_tokenizer(model, table)
+    if found is None:
         return None
-    size = backbone_vocabulary_size(source.config)
-    if size is None or table.rows != size or not _is_token_table(model, table, size):
-        return None
-    try:
-        asset = find_vocabulary_asset(source)
-    except NoVocabulary:
-        return None
-    tokenizer = read_asset(asset, source.files)
+    tokenizer, asset = found
     return Vocabulary(
         tokenizer.tokens, f"{TOKENIZER_SOURCE}{asset.name}", tokenizer=tokenizer, asset=asset
     )
-
-
-def _is_token_table(model: ModelFile, table: Table, size: int) -> bool:
-    from embcli.model import list_tables
-
-    same = [t for t in list_tables(model) if t.rows == size]
-    if len(same) <= 1:
-        return True
-    named = [t for t in same if t.name.split("/")[-1] in TOKEN_TABLE_NAMES]
-    return len(named) == 1 and named[0].weight == table.weight
 
 
 def table_vocabulary(
