@@ -99,10 +99,14 @@ class Vocabulary:
         return self._rows.get(token, [])
 
     def row_of(self, token: str) -> int:
-        """The first row that holds `token`. Raises UnknownToken if none does."""
+        """The row of `token`: the first row that holds it, or for a tokenizer's
+        vocabulary the id the tokenizer gives it (a repeated token's last row). Raises
+        UnknownToken if no row does."""
         rows = self._rows.get(token)
         if not rows:
             raise UnknownToken(f"{token!r} is not in the vocabulary ({self.source})")
+        if self.tokenizer is not None:
+            return self.tokenizer.ids.get(token, rows[-1])
         return rows[0]
 
     def token_at(self, row: int) -> str | None:

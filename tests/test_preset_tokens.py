@@ -252,3 +252,16 @@ def test_added_tokens_read_back_at_the_end_of_the_tokenizer(name, tokens):
     for document in (json.loads(change.files[n]) for n in change.files if n.endswith(".json")):
         listed = json.dumps(document, ensure_ascii=False)
         assert all(json.dumps(t, ensure_ascii=False) in listed for t in tokens)
+
+
+def test_a_repeated_wordpiece_token_is_the_id_keras_hub_gives_it(runner, tmp_path):
+    """keras-hub's WordPiece maps each line to its number in a dict, so a repeated token
+    is its last line, as Hugging Face reads a vocab.txt too."""
+    folder = tmp_path / "bert"
+    shutil.copytree(HUB / "bert_masked_lm", folder)
+    vocabulary = folder / "assets/tokenizer/vocabulary.txt"
+    lines = vocabulary.read_text(encoding="utf-8").split("\n")
+    lines[10] = lines[20]
+    vocabulary.write_text("\n".join(lines), encoding="utf-8")
+    record = rows_by_token(runner, folder, [lines[20]])
+    assert [r["index"] for r in record["rows"]] == [20]
