@@ -183,10 +183,25 @@ def test_a_preset_without_its_vocabulary_has_no_vocabulary(runner, tmp_path):
     assert result.output.startswith("Error: no vocabulary is known for token_embedding")
 
 
+def test_a_task_backbone_written_apart_gets_the_new_size_only(runner, tmp_path):
+    folder = copy_preset(tmp_path, "gpt2_causal_lm")
+    task = json.loads((folder / "task.json").read_text())
+    task["config"]["backbone"]["config"]["dropout"] = 0.5
+    (folder / "task.json").write_text(json.dumps(task))
+    output = tmp_path / "o"
+    result = runner.invoke(
+        cli, ["resize", str(folder), "-l", "token_embedding", "--add", "1", "-o", str(output)]
+    )
+    assert result.exit_code == 0, result.output
+    written = json.loads((output / "task.json").read_text())
+    task["config"]["backbone"]["config"]["vocabulary_size"] = 286
+    assert written == task
+
+
 def test_a_task_holding_another_backbone_is_not_resized(runner, tmp_path):
     folder = copy_preset(tmp_path, "gpt2_causal_lm")
     task = json.loads((folder / "task.json").read_text())
-    task["config"]["backbone"]["config"]["num_layers"] = 7
+    task["config"]["backbone"]["config"]["vocabulary_size"] = 7
     (folder / "task.json").write_text(json.dumps(task))
     result = runner.invoke(
         cli,

@@ -34,6 +34,7 @@ SHARDED_WEIGHTS_FILENAME = "model.weights.json"
 TASK_WEIGHTS_FILENAME = "task.weights.h5"
 TASK_PREFIX = "task/"
 TASK_BACKBONE_KEY = "backbone"
+BACKBONE_SIZE_KEY = "vocabulary_size"
 KERAS_HUB_MODULE = "keras_hub"
 KERAS_HUB_REGISTERED = "keras_hub>"
 HUB_VERSION_KEY = "keras_hub_version"
@@ -103,21 +104,24 @@ class PresetFile(Keras3File):
 
     def plan_edit(self, output: Path, edit: Edit, in_place: bool) -> WritePlan:
         """As for any Keras folder; and a new backbone config is written into `task.json`
-        too, whose `backbone` is `config.json`'s, so that the task loads the same model."""
+        too, whose `backbone` is `config.json`'s, so that the task loads the same model.
+        Where the two differ (a preset written by another release), only a changed
+        `vocabulary_size` is carried over."""
         task = self._task_config
         if edit.config is not None and task is not None and edit.config != self._config:
             current = edit.files.get(TASK_CONFIG_FILENAME)
             document = copy.deepcopy(task) if current is None else json.loads(current)
             inner = document.get("config")
-            if isinstance(inner, dict) and inner.get(TASK_BACKBONE_KEY) == self._config:
+            backbone = inner.get(TASK_BACKBONE_KEY) if isinstance(inner, dict) else None
+            if isinstance(inner, dict) and backbone is not None and backbone == self._config:
                 inner[TASK_BACKBONE_KEY] = copy.deepcopy(edit.config)
-                edit = replace(edit, files={**edit.files})
-                edit.files[TASK_CONFIG_FILENAME] = self.task_config_bytes(document)
-            elif current is None:
+            elif not _same_size_change(backbone, self._config, edit.config):
                 raise UnsupportedEdit(
                     f"{self.path}: {TASK_CONFIG_FILENAME} holds another backbone than "
                     f"{CONFIG_FILENAME}, so embcli cannot keep them in step"
                 )
+            edit = replace(edit, files={**edit.files})
+            edit.files[TASK_CONFIG_FILENAME] = self.task_config_bytes(document)
         return super().plan_edit(output, edit, in_place)
 
     def task_config_bytes(self, config: dict) -> bytes:
@@ -126,12 +130,22 @@ class PresetFile(Keras3File):
             return json.dumps(config, indent=self._task_indent).encode()
         return json.dumps(config).encode()
 
-    def preset_file(self, name: str) -> bytes | None:
-        """A small file of the preset (`tokenizer.json`, `assets/tokenizer/...`), if present."""
-        path = self.path / name
-        if ".." in Path(name).parts or not is_plain_file(path):
-            return None
-        return read_small(path)
+
+def _same_size_change(backbone: object, old: dict | None, new: dict) -> bool:
+    """Set the task's backbone `vocabulary_size` as `config.json`'s changed, when that is
+    the only change and the task's agreed with the old one; whether it was done."""
+    sizes = [
+        value.get("config", {}).get(BACKBONE_SIZE_KEY) if isinstance(value, dict) else None
+        for value in (backbone, old, new)
+    ]
+    if not isinstance(backbone, dict) or None in sizes or sizes[0] != sizes[1]:
+        return False
+    assert old is not None
+    unchanged = {**new, "config": {**new["config"], BACKBONE_SIZE_KEY: sizes[1]}}
+    if unchanged != old:
+        return False
+    backbone["config"][BACKBONE_SIZE_KEY] = sizes[2]
+    return True
 
 
 def _indent(text: bytes) -> int | None:
