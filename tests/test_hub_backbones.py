@@ -90,6 +90,9 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import keras_hub
 
 name, arguments, folder = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+if not hasattr(keras_hub.models, name):
+    print(json.dumps({"missing": keras_hub.__version__}))
+    sys.exit(0)
 backbone = getattr(keras_hub.models, name)(**arguments)
 backbone.save_to_preset(os.path.join(folder, "preset"))
 backbone.save(os.path.join(folder, "backbone.keras"))
@@ -113,7 +116,10 @@ def built(request, tmp_path_factory):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return folder, json.loads(done.stdout.strip().splitlines()[-1])
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    if isinstance(report, dict):
+        pytest.skip(f"keras-hub {report['missing']} has no {request.param}")
+    return folder, report
 
 
 @pytest.mark.keras
