@@ -27,7 +27,7 @@ from embcli.init import parse_init
 from embcli.model import find_table, open_model
 from embcli.resize_config import size_changes
 from embcli.rowmap import RowMap, TablePlan
-from embcli.vocab import Vocabulary, require_vocabulary, table_vocabulary
+from embcli.vocab import TOKENIZER_SOURCE, Vocabulary, require_vocabulary, table_vocabulary
 from embcli.vocab_edit import change_vocabulary, vocabulary_file_beside
 
 
@@ -151,6 +151,7 @@ def resize(
             dropped = len(vocabulary) - keep
             change = _vocabulary_change(artifact, vocabulary, keep, added, edit.config)
             edit.assets.update(change.assets)
+            edit.files.update(getattr(change, "files", {}))
             config_changes += [{"path": p, "old": o, "new": n} for p, o, n in change.config]
             if change.file_text is not None:
                 vocabulary_file = (vocabulary_file_beside(target), change.file_text)
@@ -236,6 +237,10 @@ def _explicit_rows(
 
 
 def _vocabulary_change(artifact: ModelFile, vocabulary, keep, added, config):
+    if vocabulary.source.startswith(TOKENIZER_SOURCE):
+        from embcli.tokenizer_edit import change_tokenizer
+
+        return change_tokenizer(artifact, vocabulary, keep, added, config)
     asset = None
     if vocabulary.source.startswith("asset:"):
         asset = artifact.asset(vocabulary.source[len("asset:") :])

@@ -92,6 +92,7 @@ class TablePlan:
         added = self._added_rows(rows.added, explicit)
         followers = self._table(added)
         followers += self._reverse(rows.added)
+        followers += self._output_biases(rows.added)
         if head is not None:
             followers += self._head(head, rows.added)
         for follower in list(followers):
@@ -202,6 +203,18 @@ class TablePlan:
         shape, dtype = self.artifact.weight_info(reverse[0].weight)
         columns = cast_values(self._columns_by_init(reverse[0].weight, count), dtype)
         return [_Follower(reverse[0].weight, shape, 1, dtype, columns, reverse[0])]
+
+    def _output_biases(self, count: int) -> list[_Follower]:
+        """A task head's bias over the table's rows (keras-hub's `MaskedLMHead`), which
+        the format module names: added entries take the old entries' mean."""
+        followers = []
+        for weight in self.artifact.output_biases(self.table):
+            shape, dtype = self.artifact.weight_info(weight)
+            old = self.artifact.read(weight, slice(None)).astype(np.float64)
+            bias = cast_values(np.full(count, old.mean() if len(old) else 0.0), dtype)
+            trained = replace(self.table, weight=weight, shape=shape, owner=weight, codec=None)
+            followers.append(_Follower(weight, shape, 0, dtype, bias, trained))
+        return followers
 
     def _columns_by_init(self, weight: str, count: int) -> np.ndarray:
         """`count` new columns for a `(k, rows)` weight, by `init` over its columns."""

@@ -190,6 +190,11 @@ class ModelFile(ABC):
         """Weights of the saved optimizer state that hold per-row state for `table`."""
         return []
 
+    def output_biases(self, table: Table) -> list[str]:
+        """Weights that hold one bias per row of `table` (a task head over the
+        vocabulary) and must follow its rows."""
+        return []
+
     def weights_of(self, table: Table) -> list[str]:
         """Every weight of the layer that owns `table` (its bias, say), in order."""
         return [table.weight]
