@@ -18,6 +18,7 @@ from embcli.errors import AmbiguousTable, InterruptedEdit, NoSuchTable, Unsuppor
 from embcli.formats.base import ModelFile, Table
 from embcli.formats.registry import detect
 from embcli.journal import pending, recover
+from embcli.remote import url_of
 
 BLOCK_BYTES = 32 * 1024 * 1024
 
@@ -28,6 +29,9 @@ def open_model(path: str | os.PathLike, recover_edits: bool = False) -> ModelFil
     A file that an in-place edit left half done is refused, unless `recover_edits`
     (for commands that write to it anyway) rolls that edit back first.
     """
+    url = url_of(path)
+    if url is not None:
+        return _open_url(url, recover_edits)
     path = Path(path)
     kind = detect(path)
     folder = path if path.is_dir() else path.absolute().parent
@@ -38,6 +42,16 @@ def open_model(path: str | os.PathLike, recover_edits: bool = False) -> ModelFil
     artifact = kind.opener(path)
     artifact.artifact_kind = kind
     return artifact
+
+
+def _open_url(url: str, recover_edits: bool) -> ModelFile:
+    """A model at a URL, read by byte ranges; never edited where it is."""
+    from embcli.formats.registry import kind_of
+    from embcli.remote_open import open_remote, refuse_in_place
+
+    if recover_edits:
+        raise UnsupportedEdit(refuse_in_place(url))
+    return open_remote(url, lambda probe: kind_of(probe, url))
 
 
 def refuse_half_edited(folder: Path) -> None:

@@ -54,6 +54,7 @@ from embcli.guarded import (
     read_attr_text,
     read_member,
 )
+from embcli.remote import RemoteObject, remote_object_of
 
 CONFIG_FILENAME = "config.json"
 METADATA_FILENAME = "metadata.json"
@@ -123,11 +124,17 @@ class Keras3File(Keras3Writing, ModelFile):
     # Opening -------------------------------------------------------------------------
 
     def _open_archive(self) -> None:
-        self._fd = os.open(self.path, os.O_RDONLY)
-        size = os.fstat(self._fd).st_size
-        check_directory_size(self._fd, size)
+        remote = remote_object_of(self.path)
+        reader: int | RemoteObject
+        if remote is None:
+            self._fd = reader = os.open(self.path, os.O_RDONLY)
+            size = os.fstat(self._fd).st_size
+        else:
+            reader, size = remote, remote.size
+        check_directory_size(reader, size)
         try:
-            self._archive = zipfile.ZipFile(open(self.path, "rb"))  # noqa: SIM115
+            archive_file = open(self.path, "rb") if remote is None else remote.window()  # noqa: SIM115
+            self._archive = zipfile.ZipFile(archive_file)
         except ZIP_ERRORS as exc:
             raise MalformedFile(f"{self.path}: not a readable zip archive ({exc})") from None
         check_archive(self._archive, size)
@@ -144,11 +151,15 @@ class Keras3File(Keras3Writing, ModelFile):
         info = self._archive.getinfo(WEIGHTS_FILENAME)
         self._member = info
         if info.compress_type == zipfile.ZIP_STORED:
-            offset = member_data_offset(self._fd, info)
+            offset = member_data_offset(reader, info)
             if offset + info.file_size > size:
                 raise MalformedFile(f"{self.path}: {WEIGHTS_FILENAME} is truncated")
             self._member_offset = offset
-            window = FileWindow(self._fd, offset, info.file_size)
+            window = (
+                FileWindow(reader, offset, info.file_size)
+                if isinstance(reader, int)
+                else reader.window(offset, info.file_size)
+            )
             self._sources[""] = H5Source(self.path, window, info.file_size, base_offset=offset)
         else:
             self._spill = self._unzip_to_temporary(info)

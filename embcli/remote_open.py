@@ -1,0 +1,186 @@
+"""Telling the kind of a model at a URL, and opening it over byte ranges.
+
+`RemoteProbe` answers the registry's questions from the object's first bytes and, for
+HDF5, its root group, read through the same guarded readers as a local file. A kind
+opens remotely when `REMOTE_OPENERS` names it: `.keras` archives, Keras 3 `.weights.h5`
+and legacy `.h5` files. An edit of a model at a URL plans its copy from a local
+download of the object, made when the edit asks for it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from embcli.errors import MalformedFile, UnsupportedEdit, UnsupportedFormat
+from embcli.formats.base import H5Source, ModelFile
+from embcli.formats.keras3 import Keras3File
+from embcli.formats.legacy_h5 import LegacyH5File
+from embcli.formats.registry import HDF5_USERBLOCK_OFFSETS, ArtifactKind, Probe
+from embcli.guarded import H5_ERRORS, HDF5_SIGNATURE
+from embcli.guarded.files import SNIFF_BYTES
+from embcli.remote import RemoteObject, RemotePath, TransferFailed
+
+ARCHIVE_KIND = "keras archive"
+WEIGHTS_KIND = "keras weights"
+LEGACY_KIND = "legacy h5"
+
+
+class RemoteProbe(Probe):
+    """A `Probe` of an object at a URL: never a folder, read by ranges."""
+
+    def __init__(self, remote: RemoteObject) -> None:
+        super().__init__(Path(PurePosixPath(remote.key).name or "object"))
+        self.remote = remote
+
+    @cached_property
+    def exists(self) -> bool:
+        return self.remote.exists
+
+    @cached_property
+    def is_dir(self) -> bool:
+        return False
+
+    @cached_property
+    def head(self) -> bytes:
+        return self.remote.pread(SNIFF_BYTES, 0) if self.exists else b""
+
+    @cached_property
+    def is_hdf5(self) -> bool:
+        if not self.exists:
+            return False
+        return any(
+            self.remote.pread(len(HDF5_SIGNATURE), offset) == HDF5_SIGNATURE
+            for offset in (0, *HDF5_USERBLOCK_OFFSETS)
+        )
+
+    @cached_property
+    def h5_root_names(self) -> set[str]:
+        import h5py
+
+        try:
+            with h5py.File(self.remote.window(), "r", locking=False) as handle:
+                return set(handle.attrs.keys()) | set(handle.keys())
+        except H5_ERRORS as exc:
+            raise MalformedFile(f"{self.remote.url}: not a readable HDF5 file ({exc})") from None
+
+    def has_file(self, name: str) -> bool:
+        return False
+
+
+class _RemoteWeights(Keras3File):
+    """A Keras 3 `.weights.h5` at a URL."""
+
+    def _open_weights(self) -> None:
+        remote = _remote(self)
+        self._sources[""] = H5Source(self.path, remote.window(), remote.size)
+
+
+class _RemoteLegacy(LegacyH5File):
+    """A legacy Keras `.h5` at a URL."""
+
+    def __init__(self, path: RemotePath) -> None:
+        ModelFile.__init__(self, path)  # type: ignore[arg-type]
+        remote = path.remote
+        self._source = H5Source(path, remote.window(), remote.size)  # type: ignore[arg-type]
+        try:
+            self._read_layout()
+        except BaseException:
+            self._source.close()
+            raise
+
+
+def _remote(model: ModelFile) -> RemoteObject:
+    return model.path.remote  # type: ignore[attr-defined]
+
+
+REMOTE_OPENERS: dict[str, Callable[[RemotePath], ModelFile]] = {
+    ARCHIVE_KIND: lambda path: Keras3File(path, "archive"),  # type: ignore[arg-type]
+    WEIGHTS_KIND: lambda path: _RemoteWeights(path, "weights"),  # type: ignore[arg-type]
+    LEGACY_KIND: _RemoteLegacy,
+}
+
+
+def open_remote(url: str, kind_of: Callable[[Probe], ArtifactKind]) -> ModelFile:
+    """Open the model at `url` read-only, its kind told by `kind_of` from a probe.
+
+    Edits plan their copy from a local download of the object (see `_LocalForEdits`).
+    """
+    remote = RemoteObject(url)
+    kind = kind_of(RemoteProbe(remote))
+    opener = REMOTE_OPENERS.get(kind.name)
+    if opener is None:
+        raise UnsupportedFormat(f"{url}: a {kind.name} cannot be read from a URL")
+    model = _with_local_edits(opener(RemotePath(remote)))
+    model.artifact_kind = kind
+    return model
+
+
+def _with_local_edits(model: ModelFile) -> ModelFile:
+    """Make `model`'s write planning work from a local copy of the object."""
+    local = _LocalForEdits(_remote(model), type(model), getattr(model, "kind", None))
+    for name in ("plan_write", "plan_edit"):
+        setattr(model, name, local.planner(name))
+    original_close = model.close
+
+    def close() -> None:
+        try:
+            original_close()
+        finally:
+            local.close()
+
+    model.close = close  # type: ignore[method-assign]
+    return model
+
+
+class _LocalForEdits:
+    """A local download of a remote model, made the first time an edit plans a copy."""
+
+    def __init__(self, remote: RemoteObject, model_class: type, kind: str | None) -> None:
+        self.remote = remote
+        self.model_class = model_class
+        self.kind = kind
+        self._folder: tempfile.TemporaryDirectory | None = None
+        self._model: ModelFile | None = None
+
+    def planner(self, name: str) -> Callable[..., Any]:
+        def plan(output: Path, *args: Any, **kwargs: Any) -> Any:
+            in_place = kwargs["in_place"] if "in_place" in kwargs else args[1:2] == (True,)
+            if in_place:
+                raise UnsupportedEdit(refuse_in_place(self.remote.url))
+            return getattr(self._local(), name)(output, *args, **kwargs)
+
+        return plan
+
+    def _local(self) -> ModelFile:
+        if self._model is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="embcli-remote-")
+            copy = Path(self._folder.name) / (PurePosixPath(self.remote.key).name or "model")
+            with open(copy, "wb") as handle:
+                self.remote.download(handle)
+            self._model = _open_local(copy, self.model_class, self.kind)
+        return self._model
+
+    def close(self) -> None:
+        if self._model is not None:
+            self._model.close()
+            self._model = None
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
+
+
+def refuse_in_place(url: str) -> str:
+    """Why a model at a URL is not edited in place."""
+    return f"{url}: a model at a URL cannot be edited in place; write the copy to a local path"
+
+
+def _open_local(copy: Path, model_class: type, kind: str | None) -> ModelFile:
+    if issubclass(model_class, Keras3File):
+        return Keras3File(copy, kind or "archive")
+    if issubclass(model_class, LegacyH5File):
+        return LegacyH5File(copy)
+    raise TransferFailed(f"{copy}: no local reader for {model_class.__name__}")
