@@ -32,6 +32,7 @@ INSTALL_HINT = "pip install 'embcli[remote]'"
 BLOCK_BYTES = 64 * 1024
 CACHED_BLOCKS = 256
 DIRECT_READ_BYTES = 1024 * 1024
+REQUEST_ATTEMPTS = 2
 
 _URL = re.compile(r"^(s3|gs|hf|https?)://[^/]", re.IGNORECASE)
 # `pathlib.Path("s3://bucket/key")` collapses the double slash; such a path still means
@@ -139,7 +140,16 @@ class _HttpTransport:
         self._opener = urllib.request.build_opener(_limited_redirects(limits.max_redirects))
 
     def fetch(self, start: int, length: int) -> tuple[bytes, int | None]:
-        """`length` bytes from `start` (fewer at the end), and the object's size if told."""
+        """`length` bytes from `start` (fewer at the end), and the object's size if told.
+        A request that times out is made once more, on a new connection."""
+        for attempt in range(REQUEST_ATTEMPTS):
+            try:
+                return self._fetch_once(start, length, last=attempt == REQUEST_ATTEMPTS - 1)
+            except TimeoutError:
+                continue
+        raise AssertionError("unreachable")
+
+    def _fetch_once(self, start: int, length: int, last: bool) -> tuple[bytes, int | None]:
         request = urllib.request.Request(
             self.url, headers={"Range": f"bytes={start}-{start + length - 1}"}
         )
@@ -161,6 +171,8 @@ class _HttpTransport:
             raise TransferFailed(f"{self.url}: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             reason = getattr(exc, "reason", None) or exc
+            if isinstance(reason, TimeoutError) and not last:
+                raise TimeoutError from None
             raise TransferFailed(f"{self.url}: transfer failed ({reason})") from None
         return data, total
 
@@ -267,13 +279,19 @@ class RemoteObject:
     def exists(self) -> bool:
         """Whether the URL names an object (a missing one or a folder does not count)."""
         try:
-            self.size  # noqa: B018 - the lookup is the test
+            self._look_up()
         except (FileNotFoundError, IsADirectoryError):
             return False
         return True
 
     @property
     def size(self) -> int:
+        try:
+            return self._look_up()
+        except (FileNotFoundError, IsADirectoryError):
+            raise TransferFailed(f"{self.url}: no such object") from None
+
+    def _look_up(self) -> int:
         if self._size is None:
             size, head = self._timed(lambda: self._transport.size_and_head(BLOCK_BYTES))
             self._count(len(head))
