@@ -2,9 +2,10 @@
 
 `RemoteProbe` answers the registry's questions from the object's first bytes and, for
 HDF5, its root group, read through the same guarded readers as a local file. A kind
-opens remotely when `REMOTE_OPENERS` names it: `.keras` archives, Keras 3 `.weights.h5`
-and legacy `.h5` files. An edit of a model at a URL plans its copy from a local
-download of the object, made when the edit asks for it.
+opens remotely when `REMOTE_OPENERS` names it: `.keras` archives, Keras 3 `.weights.h5`,
+sharded `.weights.json` (with the shards beside it) and legacy `.h5` files. An edit of a
+model at a URL plans its copy from a local download of the object (and its shards), made
+when the edit asks for it.
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from embcli.errors import MalformedFile, UnsupportedEdit, UnsupportedFormat
+from embcli.errors import MalformedFile, UnsafeFile, UnsupportedEdit, UnsupportedFormat
 from embcli.formats.base import H5Source, ModelFile
-from embcli.formats.keras3 import Keras3File
+from embcli.formats.keras3 import SHARD_MAP_KEY, Keras3File, shard_names
 from embcli.formats.legacy_h5 import LegacyH5File
 from embcli.formats.registry import HDF5_USERBLOCK_OFFSETS, ArtifactKind, Probe
-from embcli.guarded import H5_ERRORS, HDF5_SIGNATURE
+from embcli.guarded import H5_ERRORS, HDF5_SIGNATURE, MAX_JSON_BYTES, parse_json
 from embcli.guarded.files import SNIFF_BYTES
 from embcli.remote import RemoteObject, RemotePath, TransferFailed
 
 ARCHIVE_KIND = "keras archive"
 WEIGHTS_KIND = "keras weights"
+SHARDED_KIND = "keras sharded weights"
 LEGACY_KIND = "legacy h5"
 
 
@@ -79,6 +81,34 @@ class _RemoteWeights(Keras3File):
         self._sources[""] = H5Source(self.path, remote.window(), remote.size)
 
 
+class _RemoteSharded(Keras3File):
+    """A sharded Keras 3 `.weights.json` at a URL, its shards beside it. Each shard's
+    metadata is read when it opens; its data only when a table in it is read."""
+
+    def _open_sharded(self) -> None:
+        remote = _remote(self)
+        if remote.size > MAX_JSON_BYTES:
+            raise UnsafeFile(f"{self.path} is larger than {MAX_JSON_BYTES} bytes")
+        index = parse_json(remote.pread(remote.size, 0), str(self.path))
+        weight_map = index.get(SHARD_MAP_KEY) if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict):
+            raise MalformedFile(f"{self.path}: no {SHARD_MAP_KEY} in the shard index")
+        self._shard_map = index
+        self.shard_objects: dict[str, RemoteObject] = {}
+        for shard in shard_names(weight_map):
+            shard_remote = RemoteObject(sibling_url(remote.url, shard), remote.limits)
+            if not shard_remote.exists:
+                raise MalformedFile(f"{self.path}: shard {shard} is missing")
+            self.shard_objects[shard] = shard_remote
+            shard_path = RemotePath(shard_remote)
+            self._sources[shard] = H5Source(shard_path, shard_remote.window(), shard_remote.size)  # type: ignore[arg-type]
+
+
+def sibling_url(url: str, name: str) -> str:
+    """The URL of the file `name` in the same folder as `url`."""
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
 class _RemoteLegacy(LegacyH5File):
     """A legacy Keras `.h5` at a URL."""
 
@@ -100,6 +130,7 @@ def _remote(model: ModelFile) -> RemoteObject:
 REMOTE_OPENERS: dict[str, Callable[[RemotePath], ModelFile]] = {
     ARCHIVE_KIND: lambda path: Keras3File(path, "archive"),  # type: ignore[arg-type]
     WEIGHTS_KIND: lambda path: _RemoteWeights(path, "weights"),  # type: ignore[arg-type]
+    SHARDED_KIND: lambda path: _RemoteSharded(path, "sharded"),  # type: ignore[arg-type]
     LEGACY_KIND: _RemoteLegacy,
 }
 
@@ -121,7 +152,8 @@ def open_remote(url: str, kind_of: Callable[[Probe], ArtifactKind]) -> ModelFile
 
 def _with_local_edits(model: ModelFile) -> ModelFile:
     """Make `model`'s write planning work from a local copy of the object."""
-    local = _LocalForEdits(_remote(model), type(model), getattr(model, "kind", None))
+    files = [_remote(model), *getattr(model, "shard_objects", {}).values()]
+    local = _LocalForEdits(files, type(model), getattr(model, "kind", None))
     for name in ("plan_write", "plan_edit"):
         setattr(model, name, local.planner(name))
     original_close = model.close
@@ -139,8 +171,9 @@ def _with_local_edits(model: ModelFile) -> ModelFile:
 class _LocalForEdits:
     """A local download of a remote model, made the first time an edit plans a copy."""
 
-    def __init__(self, remote: RemoteObject, model_class: type, kind: str | None) -> None:
-        self.remote = remote
+    def __init__(self, files: list[RemoteObject], model_class: type, kind: str | None) -> None:
+        self.remote = files[0]
+        self.files = files
         self.model_class = model_class
         self.kind = kind
         self._folder: tempfile.TemporaryDirectory | None = None
@@ -158,9 +191,14 @@ class _LocalForEdits:
     def _local(self) -> ModelFile:
         if self._model is None:
             self._folder = tempfile.TemporaryDirectory(prefix="embcli-remote-")
-            copy = Path(self._folder.name) / (PurePosixPath(self.remote.key).name or "model")
-            with open(copy, "wb") as handle:
-                self.remote.download(handle)
+            copies = [
+                Path(self._folder.name) / (PurePosixPath(remote.key).name or "model")
+                for remote in self.files
+            ]
+            for remote, copy in zip(self.files, copies, strict=True):
+                with open(copy, "wb") as handle:
+                    remote.download(handle)
+            copy = copies[0]
             self._model = _open_local(copy, self.model_class, self.kind)
         return self._model
 

@@ -158,6 +158,7 @@ def _fresh_counts(monkeypatch):
 
 ARCHIVE = FIXTURES / "k3_functional.keras"
 WEIGHTS = FIXTURES / "k3.weights.h5"
+SHARDED = FIXTURES / "k3_sharded.weights.json"
 LEGACY = FIXTURES / "tfk_full.h5"
 READABLE = [p for p in (ARCHIVE, WEIGHTS, LEGACY) if p.exists()]
 
@@ -415,3 +416,54 @@ def test_reads_are_counted_per_object(http_server):
     assert remote.stats.bytes == http_server.bytes_sent
     with pytest.raises(TransferFailed):
         RemoteObject(http_server.url("nothing")).pread(1, 0)
+
+
+def _serve_sharded(server: CountingServer) -> str:
+    for shard in sorted(FIXTURES.glob("k3_sharded_*.weights.h5")):
+        server.serve(shard)
+    return server.serve(SHARDED)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["layers", "--json"], ["rows", "-l", "words", "0", "-1", "--json"], ["stats", "--json"]],
+    ids=lambda c: c[0],
+)
+def test_sharded_weights_read_their_shards_beside_the_index(http_server, runner, command):
+    url = _serve_sharded(http_server)
+    result = _same_output(
+        runner, [command[0], str(SHARDED), *command[1:]], [command[0], url, *command[1:]]
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_a_missing_shard_is_one_error_line(http_server, runner):
+    url = http_server.serve(SHARDED)
+    result = runner.invoke(cli, ["layers", url])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {url}: shard k3_sharded_00000.weights.h5 is missing\n"
+
+
+def test_a_remote_sharded_model_is_resized_into_a_local_copy(http_server, tmp_path):
+    url = _serve_sharded(http_server)
+    local, remote = tmp_path / "local" / "m.weights.json", tmp_path / "remote" / "m.weights.json"
+    local.parent.mkdir()
+    remote.parent.mkdir()
+    embcli.resize(SHARDED, "words", rows=60, output=local)
+    embcli.resize(url, "words", rows=60, output=remote)
+    assert sorted(p.name for p in remote.parent.iterdir()) == sorted(
+        p.name for p in local.parent.iterdir()
+    )
+    for path in local.parent.iterdir():
+        assert (remote.parent / path.name).read_bytes() == path.read_bytes()
+
+
+def test_a_remote_archive_is_resized_into_a_local_copy(http_server, tmp_path):
+    url = http_server.serve(ARCHIVE)
+    local, remote = tmp_path / "local.keras", tmp_path / "remote.keras"
+    embcli.resize(ARCHIVE, "words", rows=64, output=local)
+    embcli.resize(url, "words", rows=64, output=remote)
+    with embcli.open(remote) as resized, embcli.open(local) as expected:
+        np.testing.assert_array_equal(
+            resized.read("words", slice(0, 64)), expected.read("words", slice(0, 64))
+        )
