@@ -86,6 +86,16 @@ def reset_transfer_stats() -> None:
     _totals.requests = 0
 
 
+def transfer_summary(stats: TransferStats | None = None) -> str | None:
+    """One line on the traffic of remote reads (`transfer_stats()` by default), or None
+    when nothing was fetched from a URL."""
+    stats = transfer_stats() if stats is None else stats
+    if not stats.requests:
+        return None
+    plural = "" if stats.requests == 1 else "s"
+    return f"fetched {stats.bytes} bytes in {stats.requests} request{plural}"
+
+
 def url_of(path: Any) -> str | None:
     """The URL `path` names (a `str`, or a `Path` made from one), or None for a local path."""
     if isinstance(path, RemotePath):

@@ -467,3 +467,17 @@ def test_a_remote_archive_is_resized_into_a_local_copy(http_server, tmp_path):
         np.testing.assert_array_equal(
             resized.read("words", slice(0, 64)), expected.read("words", slice(0, 64))
         )
+
+
+def test_the_transfer_summary_counts_what_the_server_sent(http_server):
+    from embcli.remote import TransferStats, transfer_summary
+
+    assert transfer_summary() is None
+    url = http_server.serve(ARCHIVE)
+    with embcli.open(url) as model:
+        model.read("words", slice(0, 50))
+    assert transfer_summary() == (
+        f"fetched {http_server.bytes_sent} bytes in {http_server.requests} request"
+        + ("" if http_server.requests == 1 else "s")
+    )
+    assert transfer_summary(TransferStats(10, 2)) == "fetched 10 bytes in 2 requests"
