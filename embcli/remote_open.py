@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from embcli.errors import MalformedFile, UnsafeFile, UnsupportedEdit, UnsupportedFormat
-from embcli.formats.base import H5Source, ModelFile
+from embcli.formats.base import Edit, H5Source, ModelFile, WritePlan
 from embcli.formats.keras3 import SHARD_MAP_KEY, Keras3File, shard_names
 from embcli.formats.legacy_h5 import LegacyH5File
 from embcli.formats.registry import HDF5_USERBLOCK_OFFSETS, ArtifactKind, Probe
@@ -73,20 +73,55 @@ class RemoteProbe(Probe):
         return False
 
 
-class _RemoteWeights(Keras3File):
+class _EditsFromDownload:
+    """For a model at a URL: an edit plans its copy from a local download of the object
+    (and its shards), made the first time an edit asks, removed when the model closes."""
+
+    path: Any
+    shard_objects: dict[str, RemoteObject]
+    _download: _Download | None = None
+
+    def plan_write(self, output: Path, patches: Any, in_place: bool) -> WritePlan:
+        return self._local_copy(in_place).plan_write(output, patches, in_place)
+
+    def plan_edit(self, output: Path, edit: Edit, in_place: bool) -> WritePlan:
+        return self._local_copy(in_place).plan_edit(output, edit, in_place)
+
+    def close(self) -> None:
+        try:
+            super().close()  # type: ignore[misc]
+        finally:
+            if self._download is not None:
+                self._download.close()
+                self._download = None
+
+    def _local_copy(self, in_place: bool) -> ModelFile:
+        if in_place:
+            raise UnsupportedEdit(refuse_in_place(self.path.url))
+        if self._download is None:
+            files = [self.path.remote, *getattr(self, "shard_objects", {}).values()]
+            self._download = _Download(files)
+        return self._download.open(lambda copy: _open_local(self, copy))
+
+
+class _RemoteArchive(_EditsFromDownload, Keras3File):
+    """A `.keras` archive at a URL (`Keras3File` reads an archive from a remote object)."""
+
+
+class _RemoteWeights(_EditsFromDownload, Keras3File):
     """A Keras 3 `.weights.h5` at a URL."""
 
     def _open_weights(self) -> None:
-        remote = _remote(self)
+        remote = self.path.remote
         self._sources[""] = H5Source(self.path, remote.window(), remote.size)
 
 
-class _RemoteSharded(Keras3File):
+class _RemoteSharded(_EditsFromDownload, Keras3File):
     """A sharded Keras 3 `.weights.json` at a URL, its shards beside it. Each shard's
     metadata is read when it opens; its data only when a table in it is read."""
 
     def _open_sharded(self) -> None:
-        remote = _remote(self)
+        remote = self.path.remote
         if remote.size > MAX_JSON_BYTES:
             raise UnsafeFile(f"{self.path} is larger than {MAX_JSON_BYTES} bytes")
         index = parse_json(remote.pread(remote.size, 0), str(self.path))
@@ -94,22 +129,20 @@ class _RemoteSharded(Keras3File):
         if not isinstance(weight_map, dict):
             raise MalformedFile(f"{self.path}: no {SHARD_MAP_KEY} in the shard index")
         self._shard_map = index
-        self.shard_objects: dict[str, RemoteObject] = {}
+        self.shard_objects = {}
         for shard in shard_names(weight_map):
             shard_remote = RemoteObject(sibling_url(remote.url, shard), remote.limits)
             if not shard_remote.exists:
                 raise MalformedFile(f"{self.path}: shard {shard} is missing")
             self.shard_objects[shard] = shard_remote
-            shard_path = RemotePath(shard_remote)
-            self._sources[shard] = H5Source(shard_path, shard_remote.window(), shard_remote.size)  # type: ignore[arg-type]
+            self._sources[shard] = H5Source(
+                RemotePath(shard_remote),  # type: ignore[arg-type]
+                shard_remote.window(),
+                shard_remote.size,
+            )
 
 
-def sibling_url(url: str, name: str) -> str:
-    """The URL of the file `name` in the same folder as `url`."""
-    return url.rsplit("/", 1)[0] + "/" + name
-
-
-class _RemoteLegacy(LegacyH5File):
+class _RemoteLegacy(_EditsFromDownload, LegacyH5File):
     """A legacy Keras `.h5` at a URL."""
 
     def __init__(self, path: RemotePath) -> None:
@@ -123,12 +156,13 @@ class _RemoteLegacy(LegacyH5File):
             raise
 
 
-def _remote(model: ModelFile) -> RemoteObject:
-    return model.path.remote  # type: ignore[attr-defined]
+def sibling_url(url: str, name: str) -> str:
+    """The URL of the file `name` in the same folder as `url`."""
+    return url.rsplit("/", 1)[0] + "/" + name
 
 
 REMOTE_OPENERS: dict[str, Callable[[RemotePath], ModelFile]] = {
-    ARCHIVE_KIND: lambda path: Keras3File(path, "archive"),  # type: ignore[arg-type]
+    ARCHIVE_KIND: lambda path: _RemoteArchive(path, "archive"),  # type: ignore[arg-type]
     WEIGHTS_KIND: lambda path: _RemoteWeights(path, "weights"),  # type: ignore[arg-type]
     SHARDED_KIND: lambda path: _RemoteSharded(path, "sharded"),  # type: ignore[arg-type]
     LEGACY_KIND: _RemoteLegacy,
@@ -136,59 +170,32 @@ REMOTE_OPENERS: dict[str, Callable[[RemotePath], ModelFile]] = {
 
 
 def open_remote(url: str, kind_of: Callable[[Probe], ArtifactKind]) -> ModelFile:
-    """Open the model at `url` read-only, its kind told by `kind_of` from a probe.
-
-    Edits plan their copy from a local download of the object (see `_LocalForEdits`).
-    """
+    """Open the model at `url` read-only, its kind told by `kind_of` from a probe."""
     remote = RemoteObject(url)
     kind = kind_of(RemoteProbe(remote))
     opener = REMOTE_OPENERS.get(kind.name)
     if opener is None:
         raise UnsupportedFormat(f"{url}: a {kind.name} cannot be read from a URL")
-    model = _with_local_edits(opener(RemotePath(remote)))
+    model = opener(RemotePath(remote))
     model.artifact_kind = kind
     return model
 
 
-def _with_local_edits(model: ModelFile) -> ModelFile:
-    """Make `model`'s write planning work from a local copy of the object."""
-    files = [_remote(model), *getattr(model, "shard_objects", {}).values()]
-    local = _LocalForEdits(files, type(model), getattr(model, "kind", None))
-    for name in ("plan_write", "plan_edit"):
-        setattr(model, name, local.planner(name))
-    original_close = model.close
-
-    def close() -> None:
-        try:
-            original_close()
-        finally:
-            local.close()
-
-    model.close = close  # type: ignore[method-assign]
-    return model
+def refuse_in_place(url: str) -> str:
+    """Why a model at a URL is not edited in place."""
+    return f"{url}: a model at a URL cannot be edited in place; write the copy to a local path"
 
 
-class _LocalForEdits:
-    """A local download of a remote model, made the first time an edit plans a copy."""
+class _Download:
+    """Local copies of remote files, side by side in a temporary folder."""
 
-    def __init__(self, files: list[RemoteObject], model_class: type, kind: str | None) -> None:
-        self.remote = files[0]
+    def __init__(self, files: list[RemoteObject]) -> None:
         self.files = files
-        self.model_class = model_class
-        self.kind = kind
         self._folder: tempfile.TemporaryDirectory | None = None
         self._model: ModelFile | None = None
 
-    def planner(self, name: str) -> Callable[..., Any]:
-        def plan(output: Path, *args: Any, **kwargs: Any) -> Any:
-            in_place = kwargs["in_place"] if "in_place" in kwargs else args[1:2] == (True,)
-            if in_place:
-                raise UnsupportedEdit(refuse_in_place(self.remote.url))
-            return getattr(self._local(), name)(output, *args, **kwargs)
-
-        return plan
-
-    def _local(self) -> ModelFile:
+    def open(self, opener: Callable[[Path], ModelFile]) -> ModelFile:
+        """The first file's local copy, opened by `opener` (once)."""
         if self._model is None:
             self._folder = tempfile.TemporaryDirectory(prefix="embcli-remote-")
             copies = [
@@ -198,8 +205,7 @@ class _LocalForEdits:
             for remote, copy in zip(self.files, copies, strict=True):
                 with open(copy, "wb") as handle:
                     remote.download(handle)
-            copy = copies[0]
-            self._model = _open_local(copy, self.model_class, self.kind)
+            self._model = opener(copies[0])
         return self._model
 
     def close(self) -> None:
@@ -211,14 +217,9 @@ class _LocalForEdits:
             self._folder = None
 
 
-def refuse_in_place(url: str) -> str:
-    """Why a model at a URL is not edited in place."""
-    return f"{url}: a model at a URL cannot be edited in place; write the copy to a local path"
-
-
-def _open_local(copy: Path, model_class: type, kind: str | None) -> ModelFile:
-    if issubclass(model_class, Keras3File):
-        return Keras3File(copy, kind or "archive")
-    if issubclass(model_class, LegacyH5File):
+def _open_local(model: _EditsFromDownload, copy: Path) -> ModelFile:
+    if isinstance(model, Keras3File):
+        return Keras3File(copy, model.kind)
+    if isinstance(model, LegacyH5File):
         return LegacyH5File(copy)
-    raise TransferFailed(f"{copy}: no local reader for {model_class.__name__}")
+    raise TransferFailed(f"{copy}: no local reader for {type(model).__name__}")

@@ -350,16 +350,28 @@ def test_redirects_are_followed_up_to_the_limit(http_server, runner, monkeypatch
     assert loop.output.count("\n") == 1
 
 
-def test_a_remote_model_is_edited_into_a_local_copy(http_server, runner, tmp_path):
-    url = http_server.serve(ARCHIVE)
+@pytest.mark.parametrize("fixture", READABLE, ids=lambda p: p.name)
+def test_a_remote_model_is_edited_into_a_local_copy(
+    http_server, runner, tmp_path, fixture, monkeypatch
+):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    url = http_server.serve(fixture)
+    with embcli.open(fixture) as model:
+        layer = sorted(model.tables)[0]
+        dim = model.tables[layer].shape[1]
     vectors = tmp_path / "v.npy"
-    np.save(vectors, np.arange(16, dtype=np.float32).reshape(2, 8))
-    local, remote = tmp_path / "local.keras", tmp_path / "remote.keras"
-    base = ["assign", "-l", "words", "--from", str(vectors), "--rows", "3,7", "-o"]
-    assert runner.invoke(cli, [base[0], str(ARCHIVE), *base[1:], str(local)]).exit_code == 0
+    np.save(vectors, np.arange(2 * dim, dtype=np.float32).reshape(2, dim))
+    local, remote = tmp_path / f"local-{fixture.name}", tmp_path / f"remote-{fixture.name}"
+    base = ["assign", "-l", layer, "--from", str(vectors), "--rows", "3,7", "-o"]
+    assert runner.invoke(cli, [base[0], str(fixture), *base[1:], str(local)]).exit_code == 0
     result = runner.invoke(cli, [base[0], url, *base[1:], str(remote)])
     assert result.exit_code == 0, result.output
     assert remote.read_bytes() == local.read_bytes()
+    assert list(scratch.iterdir()) == []  # the download is gone
 
 
 def test_editing_a_url_in_place_is_refused(http_server, runner):
