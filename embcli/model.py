@@ -47,11 +47,12 @@ def open_model(path: str | os.PathLike, recover_edits: bool = False) -> ModelFil
 def _open_url(url: str, recover_edits: bool) -> ModelFile:
     """A model at a URL, read by byte ranges; never edited where it is."""
     from embcli.formats.registry import kind_of
+    from embcli.remote import shown_url
     from embcli.remote_open import open_remote, refuse_in_place
 
     if recover_edits:
         raise UnsupportedEdit(refuse_in_place(url))
-    return open_remote(url, lambda probe: kind_of(probe, url))
+    return open_remote(url, lambda probe: kind_of(probe, shown_url(url)))
 
 
 def refuse_half_edited(folder: Path) -> None:

@@ -18,6 +18,7 @@ import io
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -109,27 +110,36 @@ def url_of(path: Any) -> str | None:
     return f"{collapsed.group(1)}://{collapsed.group(2)}" if collapsed else None
 
 
+def shown_url(url: str) -> str:
+    """A URL as messages show it: without a user name, password, query or fragment, which
+    may hold credentials (a signed URL's signature, say)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    hidden = "?..." if parts.query or parts.fragment else ""
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", "")) + hidden
+
+
 def is_url(path: Any) -> bool:
     """Whether `path` names a model at a URL rather than on the local disk."""
     return url_of(path) is not None
 
 
 class RemotePath(str):
-    """A URL as a format module's `path`: prints as the URL, and carries its open object.
-
-    It is a `str`, not an `os.PathLike`, so nothing can mistake it for a local file.
+    """A URL as a format module's `path`: prints as the URL (without any credentials or
+    query it holds), and carries its open object. It is a `str`, not an `os.PathLike`,
+    so nothing can mistake it for a local file.
     """
 
     remote: RemoteObject
 
     def __new__(cls, remote: RemoteObject) -> RemotePath:
-        made = super().__new__(cls, remote.url)
+        made = super().__new__(cls, remote.shown)
         made.remote = remote
         return made
 
     @property
     def url(self) -> str:
-        return str.__str__(self)
+        return self.remote.url
 
     @property
     def name(self) -> str:
@@ -146,6 +156,7 @@ class _HttpTransport:
 
     def __init__(self, url: str, limits: RemoteLimits) -> None:
         self.url = url
+        self.shown = shown_url(url)
         self.limits = limits
         self._opener = urllib.request.build_opener(_limited_redirects(limits.max_redirects))
 
@@ -169,7 +180,7 @@ class _HttpTransport:
                 total = _total_from_content_range(response.headers.get("Content-Range"))
                 if status == 200:
                     if start != 0:
-                        raise TransferFailed(f"{self.url}: the server does not serve byte ranges")
+                        raise TransferFailed(f"{self.shown}: the server does not serve byte ranges")
                     declared = response.headers.get("Content-Length")
                     total = int(declared) if declared and declared.isdigit() else None
                 data = response.read(length)
@@ -177,20 +188,20 @@ class _HttpTransport:
             if exc.code == 416:
                 return b"", _total_from_content_range(exc.headers.get("Content-Range"))
             if exc.code == 404:
-                raise FileNotFoundError(self.url) from None
-            raise TransferFailed(f"{self.url}: HTTP {exc.code} {exc.reason}") from None
+                raise FileNotFoundError(self.shown) from None
+            raise TransferFailed(f"{self.shown}: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             reason = getattr(exc, "reason", None) or exc
             if isinstance(reason, TimeoutError) and not last:
                 raise TimeoutError from None
-            raise TransferFailed(f"{self.url}: transfer failed ({reason})") from None
+            raise TransferFailed(f"{self.shown}: transfer failed ({reason})") from None
         return data, total
 
     def size_and_head(self, length: int) -> tuple[int, bytes]:
         """The object's size, and its first `length` bytes, in one request."""
         data, total = self.fetch(0, length)
         if total is None:
-            raise TransferFailed(f"{self.url}: the server does not tell the object's size")
+            raise TransferFailed(f"{self.shown}: the server does not tell the object's size")
         return total, data
 
 
@@ -216,6 +227,7 @@ class _StoreTransport:
 
     def __init__(self, url: str, scheme: str) -> None:
         self.url = url
+        self.shown = shown_url(url)
         try:
             import fsspec
 
@@ -230,7 +242,7 @@ class _StoreTransport:
                 raise MissingDependency(
                     f"reading {scheme}:// URLs needs its store package: {INSTALL_HINT}"
                 ) from None
-            raise TransferFailed(f"{url}: {_first_line(exc)}") from None
+            raise TransferFailed(f"{self.shown}: {_first_line(exc)}") from None
 
     def fetch(self, start: int, length: int) -> tuple[bytes, int | None]:
         try:
@@ -238,7 +250,7 @@ class _StoreTransport:
         except FileNotFoundError:
             raise
         except Exception as exc:
-            raise TransferFailed(f"{self.url}: transfer failed ({_first_line(exc)})") from None
+            raise TransferFailed(f"{self.shown}: transfer failed ({_first_line(exc)})") from None
 
     def size_and_head(self, length: int) -> tuple[int, bytes]:
         """The object's size (its first bytes come with later reads)."""
@@ -247,12 +259,12 @@ class _StoreTransport:
         except FileNotFoundError:
             raise
         except Exception as exc:
-            raise TransferFailed(f"{self.url}: {_first_line(exc)}") from None
+            raise TransferFailed(f"{self.shown}: {_first_line(exc)}") from None
         if info.get("type") == "directory":
-            raise IsADirectoryError(self.url)
+            raise IsADirectoryError(self.shown)
         size = info.get("size")
         if not isinstance(size, int):
-            raise TransferFailed(f"{self.url}: the store does not tell the object's size")
+            raise TransferFailed(f"{self.shown}: the store does not tell the object's size")
         return size, b""
 
 
@@ -272,6 +284,7 @@ class RemoteObject:
 
     def __init__(self, url: str, limits: RemoteLimits | None = None) -> None:
         self.url = url
+        self.shown = shown_url(url)
         self.limits = limits or LIMITS
         scheme = url.split(":", 1)[0].lower()
         self.key = url.split("://", 1)[1]
@@ -299,7 +312,7 @@ class RemoteObject:
         try:
             return self._look_up()
         except (FileNotFoundError, IsADirectoryError):
-            raise TransferFailed(f"{self.url}: no such object") from None
+            raise TransferFailed(f"{self.shown}: no such object") from None
 
     def _look_up(self) -> int:
         if self._size is None:
@@ -353,16 +366,18 @@ class RemoteObject:
     def _fetch(self, start: int, length: int) -> bytes:
         if _totals.bytes + length > self.limits.max_bytes:
             raise TransferFailed(
-                f"{self.url}: reading it would fetch more than {self.limits.max_bytes} bytes"
+                f"{self.shown}: reading it would fetch more than {self.limits.max_bytes} bytes"
             )
         try:
             data, _ = self._timed(lambda: self._transport.fetch(start, length))
         except FileNotFoundError:
-            raise TransferFailed(f"{self.url}: the object disappeared while it was read") from None
+            raise TransferFailed(
+                f"{self.shown}: the object disappeared while it was read"
+            ) from None
         expected = min(length, max(0, self.size - start))
         if len(data) != expected:
             raise TransferFailed(
-                f"{self.url}: the transfer was cut short ({len(data)} of {expected} bytes "
+                f"{self.shown}: the transfer was cut short ({len(data)} of {expected} bytes "
                 f"at offset {start}); the object may have changed"
             )
         self._count(len(data))
@@ -374,7 +389,7 @@ class RemoteObject:
 
     def _timed(self, call: Any) -> Any:
         if self._spent > self.limits.max_seconds:
-            raise TransferFailed(f"{self.url}: reading took over {self.limits.max_seconds} s")
+            raise TransferFailed(f"{self.shown}: reading took over {self.limits.max_seconds} s")
         began = time.monotonic()
         try:
             return call()

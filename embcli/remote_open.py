@@ -23,7 +23,7 @@ from embcli.formats.legacy_h5 import LegacyH5File
 from embcli.formats.registry import HDF5_USERBLOCK_OFFSETS, ArtifactKind, Probe
 from embcli.guarded import H5_ERRORS, HDF5_SIGNATURE, MAX_JSON_BYTES, parse_json
 from embcli.guarded.files import SNIFF_BYTES
-from embcli.remote import RemoteObject, RemotePath, TransferFailed
+from embcli.remote import RemoteObject, RemotePath, TransferFailed, shown_url
 
 ARCHIVE_KIND = "keras archive"
 WEIGHTS_KIND = "keras weights"
@@ -67,7 +67,7 @@ class RemoteProbe(Probe):
             with h5py.File(self.remote.window(), "r", locking=False) as handle:
                 return set(handle.attrs.keys()) | set(handle.keys())
         except H5_ERRORS as exc:
-            raise MalformedFile(f"{self.remote.url}: not a readable HDF5 file ({exc})") from None
+            raise MalformedFile(f"{self.remote.shown}: not a readable HDF5 file ({exc})") from None
 
     def has_file(self, name: str) -> bool:
         return False
@@ -97,7 +97,7 @@ class _EditsFromDownload:
 
     def _local_copy(self, in_place: bool) -> ModelFile:
         if in_place:
-            raise UnsupportedEdit(refuse_in_place(self.path.url))
+            raise UnsupportedEdit(refuse_in_place(self.path.remote.url))
         if self._download is None:
             files = [self.path.remote, *getattr(self, "shard_objects", {}).values()]
             self._download = _Download(files)
@@ -175,7 +175,7 @@ def open_remote(url: str, kind_of: Callable[[Probe], ArtifactKind]) -> ModelFile
     kind = kind_of(RemoteProbe(remote))
     opener = REMOTE_OPENERS.get(kind.name)
     if opener is None:
-        raise UnsupportedFormat(f"{url}: a {kind.name} cannot be read from a URL")
+        raise UnsupportedFormat(f"{remote.shown}: a {kind.name} cannot be read from a URL")
     model = opener(RemotePath(remote))
     model.artifact_kind = kind
     return model
@@ -183,7 +183,8 @@ def open_remote(url: str, kind_of: Callable[[Probe], ArtifactKind]) -> ModelFile
 
 def refuse_in_place(url: str) -> str:
     """Why a model at a URL is not edited in place."""
-    return f"{url}: a model at a URL cannot be edited in place; write the copy to a local path"
+    shown = shown_url(url)
+    return f"{shown}: a model at a URL cannot be edited in place; write the copy to a local path"
 
 
 class _Download:

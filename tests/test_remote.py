@@ -493,3 +493,40 @@ def test_the_transfer_summary_counts_what_the_server_sent(http_server):
         + ("" if http_server.requests == 1 else "s")
     )
     assert transfer_summary(TransferStats(10, 2)) == "fetched 10 bytes in 2 requests"
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("s3://bucket/key.keras", "s3://bucket/key.keras"),
+        ("https://user:secret@host/m.keras", "https://host/m.keras"),
+        ("https://host/m.keras?X-Amz-Signature=abc&X-Amz-Credential=k", "https://host/m.keras?..."),
+        ("http://127.0.0.1:8000/a/m.h5#frag", "http://127.0.0.1:8000/a/m.h5?..."),
+    ],
+)
+def test_messages_never_show_credentials_in_a_url(url, shown):
+    from embcli.remote import shown_url
+
+    assert shown_url(url) == shown
+
+
+def test_a_signed_urls_query_stays_out_of_errors(http_server, runner):
+    url = http_server.url("nothing.keras") + "?X-Amz-Signature=topsecret"
+    result = runner.invoke(cli, ["layers", url])
+    assert result.exit_code == 1
+    assert (
+        result.output == f"Error: {http_server.url('nothing.keras')}?...: no such file or folder\n"
+    )
+    served = http_server.serve(ARCHIVE)
+    signed = runner.invoke(
+        cli, ["assign", served + "?sig=topsecret", "--fill", "zeros", "--in-place"]
+    )
+    assert "topsecret" not in signed.output
+
+
+def test_the_time_limit_stops_a_read(http_server, runner, monkeypatch):
+    url = http_server.serve(ARCHIVE)
+    monkeypatch.setattr(LIMITS, "max_seconds", -1.0)
+    result = runner.invoke(cli, ["layers", url])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {url}: reading took over -1.0 s\n"
