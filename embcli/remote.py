@@ -13,6 +13,8 @@ standard environment. Nothing here stores or prints a credential.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import http.client
 import io
 import re
@@ -21,6 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -392,11 +395,30 @@ class RemoteObject:
             raise TransferFailed(f"{self.shown}: reading took over {self.limits.max_seconds} s")
         began = time.monotonic()
         try:
-            return call()
+            with _collector_paused():
+                return call()
         finally:
             self._spent += time.monotonic() - began
             self.stats.requests += 1
             _totals.requests += 1
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a request is under way.
+
+    h5py reads through `RemoteWindow` while it holds its global lock. If the collector
+    ran in the thread doing the transfer (fsspec's event loop, say) and freed an h5py
+    object, that object's finalizer would wait for the lock, and this thread for the
+    transfer: a deadlock. Nothing is collected while the transfer runs, so none can start.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class RemoteWindow(io.RawIOBase):

@@ -2,7 +2,7 @@
 
 The HTTP server (stdlib `http.server`) serves byte ranges and counts the bytes and
 requests it answers, so that byte budgets are checked from the server's side. Each
-server runs on 127.0.0.1 in a daemon thread, is shut down by its fixture, and shuts
+server runs on 127.0.0.1 in one daemon thread, is shut down by its fixture, and shuts
 itself down after `SERVER_LIFETIME` seconds whatever happens.
 """
 
@@ -13,7 +13,7 @@ import re
 import shutil
 import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import h5py
@@ -38,10 +38,9 @@ SERVER_LIFETIME = 300.0
 MB = 1024 * 1024
 
 
-class CountingServer(ThreadingHTTPServer):
-    """Serves the files in `files` (URL path -> local path), with Range support."""
-
-    daemon_threads = True
+class CountingServer(HTTPServer):
+    """Serves the files in `files` (URL path -> local path), with Range support, one
+    request at a time in the server's own thread (embcli's reads are sequential)."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _RangeHandler)
