@@ -56,7 +56,14 @@ def _printable(message: str) -> str:
 
 @click.group(cls=EmbcliGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, prog_name="embcli")
-def cli() -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Report on stderr the bytes fetched and requests made for models at URLs.",
+)
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """Look inside, and change, the embedding tables of saved Keras and TensorFlow
     models, reading the files directly: no TensorFlow, no model code.
 
@@ -65,7 +72,21 @@ def cli() -> None:
         embcli layers model.keras
         embcli rows model.keras 0 5 10:20
         embcli assign model.keras --from vecs.npy --rows 3,7 -o new.keras
+        embcli -v layers s3://bucket/model.keras
     """
+    if verbose:
+        from embcli.remote import reset_transfer_stats
+
+        reset_transfer_stats()
+        ctx.call_on_close(_report_transfers)
+
+
+def _report_transfers() -> None:
+    from embcli.remote import transfer_summary
+
+    summary = transfer_summary()
+    if summary is not None:
+        click.echo(summary, err=True)
 
 
 for module in (read, assign, resize, vocab, audit):

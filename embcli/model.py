@@ -18,7 +18,9 @@ from embcli.dtypes import is_bfloat16
 from embcli.errors import AmbiguousTable, InterruptedEdit, NoSuchTable, UnsupportedEdit
 from embcli.formats.base import ModelFile, Table
 from embcli.formats.registry import detect
+from embcli.guarded import refuse_special_file
 from embcli.journal import pending_for, recover_model
+from embcli.remote import url_of
 
 BLOCK_BYTES = 32 * 1024 * 1024
 
@@ -29,7 +31,11 @@ def open_model(path: str | os.PathLike, recover_edits: bool = False) -> ModelFil
     A file that an in-place edit left half done is refused, unless `recover_edits`
     (for commands that write to it anyway) rolls that edit back first.
     """
+    url = url_of(path)
+    if url is not None:
+        return _open_url(url, recover_edits)
     path = Path(path)
+    refuse_special_file(path)
     if recover_edits:
         recover_model(path)
     lock = locking.reading(path)
@@ -42,6 +48,17 @@ def open_model(path: str | os.PathLike, recover_edits: bool = False) -> ModelFil
     except BaseException:
         lock.close()
         raise
+
+
+def _open_url(url: str, recover_edits: bool) -> ModelFile:
+    """A model at a URL, read by byte ranges; never edited where it is."""
+    from embcli.formats.registry import kind_of
+    from embcli.remote import shown_url
+    from embcli.remote_open import open_remote, refuse_in_place
+
+    if recover_edits:
+        raise UnsupportedEdit(refuse_in_place(url))
+    return open_remote(url, lambda probe: kind_of(probe, shown_url(url)))
 
 
 def refuse_half_edited(path: Path) -> None:

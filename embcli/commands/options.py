@@ -8,16 +8,62 @@ import sys
 from collections.abc import Callable, Iterator
 
 import click
+from click.shell_completion import CompletionItem
 
 model_argument = click.argument(
     "model", type=click.Path(exists=False, dir_okay=True, file_okay=True, path_type=str)
 )
+
+MODEL_PARAMETERS = ("model", "model_a", "model_b")
+
+
+def complete_layer_names(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Shell completion for `--layer`: the table names of the MODEL given earlier on the
+    line: its embedding tables' names, paths and weights, or failing a match its other
+    2-D weights. It opens a local model read-only and reads only what `layers` reads; a
+    URL is not fetched, and anything that goes wrong completes nothing rather than
+    raising."""
+    from embcli.remote import is_url
+
+    model = _model_on_line(ctx)
+    if model is None or is_url(model):
+        return []
+    try:
+        from embcli.model import list_tables, open_model
+
+        with open_model(model) as opened:
+            tables = list_tables(opened, all_weights=True)
+    except Exception:  # completion must never fail the shell's prompt
+        return []
+    for candidates in ([t for t in tables if t.is_embedding], tables):
+        names: list[str] = []
+        for table in candidates:
+            for name in (table.name, table.qualified, table.weight):
+                if name.startswith(incomplete) and name not in names:
+                    names.append(name)
+        if names:
+            return [CompletionItem(name) for name in names]
+    return []
+
+
+def _model_on_line(ctx: click.Context) -> str | None:
+    """The MODEL typed before the option being completed. While that option still lacks
+    its value, Click's parse leaves the earlier arguments unparsed in `ctx.args`."""
+    for name in MODEL_PARAMETERS:
+        value = ctx.params.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return next((arg for arg in ctx.args if arg and not arg.startswith("-")), None)
+
 
 layer_option = click.option(
     "-l",
     "--layer",
     "layer",
     metavar="NAME",
+    shell_complete=complete_layer_names,
     help="Table to use: layer name, outer/inner path, or weight path. "
     "Optional when the model holds one table.",
 )

@@ -227,18 +227,26 @@ def rows(
 @click.option(
     "-o",
     "--output",
-    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
     help="File to write: .npy, .npz (every table), .tsv (projector), .txt (word2vec "
     "text) or .bin (word2vec binary).",
 )
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option(
+    "--projector",
+    "projector_dir",
+    metavar="DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write a TensorBoard projector log folder instead (every embedding table, or "
+    "--layer's): view it with `tensorboard --logdir DIR`.",
+)
+@click.option("--force", is_flag=True, help="Replace OUTPUT (or DIR) if it exists.")
 @vocab_options
 @raw_option
 def export(
     model: str,
     layer: str | None,
-    output: Path,
+    output: Path | None,
+    projector_dir: Path | None,
     force: bool,
     vocab_path: str | None,
     vocab_column: str | None,
@@ -254,6 +262,7 @@ def export(
         embcli export model.keras -o all.npz
         embcli export model.keras -l words -o vectors.tsv
         embcli export model.keras -l words --vocab words.txt -o words.bin
+        embcli export model.keras --projector logs/projector
     """
     from embcli.export import export_tables
     from embcli.model import find_table, list_tables, open_model
@@ -261,6 +270,12 @@ def export(
     from embcli.vocab import table_vocabulary
 
     check_vocab_options(vocab_path, vocab_column)
+    if (output is None) == (projector_dir is None):
+        raise click.UsageError("give exactly one of -o/--output FILE and --projector DIR")
+    if projector_dir is not None:
+        export_projector_folder(model, layer, projector_dir, force, vocab_path, vocab_column, raw)
+        return
+    assert output is not None
     fmt = export_format(output)
     tokens = None
     with open_model(model) as opened:
@@ -280,6 +295,35 @@ def export(
     shown = ", ".join(t.name for t in tables)
     labels = f" and its tokens to {metadata_path(output)}" if fmt == "tsv" and tokens else ""
     click.echo(f"wrote {shown} to {output}{labels}", err=True)
+
+
+def export_projector_folder(
+    model: str,
+    layer: str | None,
+    folder: Path,
+    force: bool,
+    vocab_path: str | None,
+    vocab_column: str | None,
+    raw: bool,
+) -> None:
+    from embcli.model import find_table, list_tables, open_model
+    from embcli.projector import export_projector
+    from embcli.vocab import table_vocabulary
+
+    with open_model(model) as opened:
+        tables = [find_table(opened, layer)] if layer is not None else list_tables(opened)
+        if not tables:
+            raise click.ClickException(
+                "the model holds no embedding table; choose one with --layer"
+            )
+        tokens = {}
+        for table in tables:
+            vocabulary = table_vocabulary(opened, table, vocab_path, vocab_column)
+            if vocabulary is not None:
+                tokens[table.name] = row_tokens(vocabulary, table)
+        entries = export_projector(opened, tables, folder, force=force, raw=raw, tokens=tokens)
+    shown = ", ".join(entry.tensor_name for entry in entries)
+    click.echo(f"wrote {shown} to the projector folder {folder}", err=True)
 
 
 def row_tokens(vocabulary, table) -> list[str]:

@@ -69,6 +69,7 @@ from embcli.guarded import (
     read_attr_text,
     read_member,
 )
+from embcli.remote import RemoteObject, remote_object_of
 from embcli.tokenizer_assets import ARCHIVE, PRESET, TokenizerFiles
 
 CONFIG_FILENAME = "config.json"
@@ -136,11 +137,17 @@ class Keras3File(Keras3Writing, ModelFile):
     # Opening -------------------------------------------------------------------------
 
     def _open_archive(self) -> None:
-        self._fd = os.open(self.path, os.O_RDONLY)
-        size = os.fstat(self._fd).st_size
-        check_directory_size(self._fd, size)
+        remote = remote_object_of(self.path)
+        reader: int | RemoteObject
+        if remote is None:
+            self._fd = reader = os.open(self.path, os.O_RDONLY)
+            size = os.fstat(self._fd).st_size
+        else:
+            reader, size = remote, remote.size
+        check_directory_size(reader, size)
         try:
-            self._archive = zipfile.ZipFile(open(self.path, "rb"))  # noqa: SIM115
+            archive_file = open(self.path, "rb") if remote is None else remote.window()  # noqa: SIM115
+            self._archive = zipfile.ZipFile(archive_file)
         except ZIP_ERRORS as exc:
             raise MalformedFile(f"{self.path}: not a readable zip archive ({exc})") from None
         check_archive(self._archive, size)
@@ -157,11 +164,15 @@ class Keras3File(Keras3Writing, ModelFile):
         info = self._archive.getinfo(WEIGHTS_FILENAME)
         self._member = info
         if info.compress_type == zipfile.ZIP_STORED:
-            offset = member_data_offset(self._fd, info)
+            offset = member_data_offset(reader, info)
             if offset + info.file_size > size:
                 raise MalformedFile(f"{self.path}: {WEIGHTS_FILENAME} is truncated")
             self._member_offset = offset
-            window = FileWindow(self._fd, offset, info.file_size)
+            window = (
+                FileWindow(reader, offset, info.file_size)
+                if isinstance(reader, int)
+                else reader.window(offset, info.file_size)
+            )
             self._sources[""] = H5Source(self.path, window, info.file_size, base_offset=offset)
         else:
             self._spill = self._unzip_to_temporary(info)
@@ -506,6 +517,8 @@ class Keras3File(Keras3Writing, ModelFile):
                 names.append(CONFIG_FILENAME)
             files = LazyFiles(names, lambda name: read_member(archive, name))
             return TokenizerFiles(files, ARCHIVE, self._config)
+        if not isinstance(self.path, Path):  # a model at a URL: no preset beside it
+            return None
         folder = self.path if self.kind in FOLDER_KINDS else None
         config = self._config
         if self.kind in ("weights", "sharded") and is_plain_file(

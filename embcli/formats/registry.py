@@ -111,7 +111,12 @@ def kinds() -> list[ArtifactKind]:
 
 def detect(path: str | os.PathLike) -> ArtifactKind:
     """The kind of artifact `path` holds, judged by its content more than by its name."""
-    probe = Probe(Path(path))
+    return kind_of(Probe(Path(path)), str(path))
+
+
+def kind_of(probe: Probe, path: str | None = None) -> ArtifactKind:
+    """The kind of artifact a probe (of a local path, or of an object at a URL) shows."""
+    path = str(probe.path) if path is None else path
     for kind in kinds():
         if kind.recognises(probe):
             return kind

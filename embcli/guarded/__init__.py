@@ -28,6 +28,7 @@ from embcli.guarded.files import (
     check_folder,
     open_regular,
     read_regular,
+    refuse_special_file,
     sniff,
 )
 from embcli.guarded.h5 import (
@@ -86,6 +87,7 @@ __all__ = [
     "member_data_offset",
     "open_h5",
     "open_regular",
+    "refuse_special_file",
     "parse_json",
     "read_attr_list",
     "read_attr_text",

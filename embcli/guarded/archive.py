@@ -9,6 +9,7 @@ import stat
 import struct
 import zipfile
 import zlib
+from typing import Protocol
 
 from embcli.errors import MalformedFile, UnsafeFile, UnsupportedFormat
 from embcli.guarded.parsing import MAX_JSON_BYTES
@@ -38,6 +39,18 @@ _ZIP64_LOCATOR_SIZE = 20
 _ZIP64_END_RECORD = b"PK\x06\x06"
 
 
+class ByteReader(Protocol):
+    """Random access to an archive that is not a local file descriptor (one at a URL)."""
+
+    def pread(self, length: int, offset: int) -> bytes: ...
+
+
+def _pread(source: int | ByteReader, length: int, offset: int) -> bytes:
+    if isinstance(source, int):
+        return os.pread(source, length, offset)
+    return source.pread(length, offset)
+
+
 def _is_safe_member_name(name: str) -> bool:
     if not name or "\\" in name or "\x00" in name or name.startswith("/"):
         return False
@@ -46,11 +59,11 @@ def _is_safe_member_name(name: str) -> bool:
     return ".." not in name.split("/")
 
 
-def check_directory_size(fd: int, archive_size: int) -> None:
+def check_directory_size(fd: int | ByteReader, archive_size: int) -> None:
     """Refuse an archive whose end record declares too many members or too large a central
     directory, before `zipfile` parses (and builds an object for) every entry."""
     tail_start = max(0, archive_size - _END_RECORD_SIZE - 0xFFFF)
-    tail = os.pread(fd, archive_size - tail_start, tail_start)
+    tail = _pread(fd, archive_size - tail_start, tail_start)
     at = tail.rfind(_END_RECORD)
     if at < 0 or len(tail) - at < _END_RECORD_SIZE:
         return
@@ -58,7 +71,7 @@ def check_directory_size(fd: int, archive_size: int) -> None:
     locator = at - _ZIP64_LOCATOR_SIZE
     if locator >= 0 and tail[locator : locator + 4] == _ZIP64_LOCATOR:
         (record_offset,) = struct.unpack_from("<Q", tail, locator + 8)
-        record = os.pread(fd, 56, record_offset) if record_offset < archive_size else b""
+        record = _pread(fd, 56, record_offset) if record_offset < archive_size else b""
         if len(record) == 56 and record[:4] == _ZIP64_END_RECORD:
             entries, directory_size = struct.unpack_from("<QQ", record, 32)
     if entries > MAX_ZIP_MEMBERS:
@@ -103,14 +116,14 @@ def check_archive(archive: zipfile.ZipFile, archive_size: int) -> None:
                 )
 
 
-def member_data_offset(fd: int, info: zipfile.ZipInfo) -> int:
+def member_data_offset(fd: int | ByteReader, info: zipfile.ZipInfo) -> int:
     """Where a member's bytes begin, from its local header (checked against the directory)."""
-    header = os.pread(fd, _LOCAL_HEADER_SIZE, info.header_offset)
+    header = _pread(fd, _LOCAL_HEADER_SIZE, info.header_offset)
     if len(header) != _LOCAL_HEADER_SIZE or header[:4] != ZIP_SIGNATURE:
         raise MalformedFile(f"archive member {info.filename!r} has a bad local header")
     name_length = int.from_bytes(header[26:28], "little")
     extra_length = int.from_bytes(header[28:30], "little")
-    local_name = os.pread(fd, name_length, info.header_offset + _LOCAL_HEADER_SIZE)
+    local_name = _pread(fd, name_length, info.header_offset + _LOCAL_HEADER_SIZE)
     if local_name.decode(
         "utf-8", "replace"
     ) != info.filename and local_name != info.orig_filename.encode("cp437", "replace"):

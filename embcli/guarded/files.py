@@ -31,6 +31,17 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def refuse_special_file(path: str | os.PathLike) -> None:
+    """Refuse a FIFO, device or socket before anything opens it (and could block on it).
+    Folders, regular files and paths that do not exist pass."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise UnsafeFile(f"{path}: {_kind(mode)}, not a regular file")
+
+
 def open_regular(
     path: str | os.PathLike,
     *,
