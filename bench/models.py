@@ -98,14 +98,13 @@ def ensure_vocab_model(work: Path, rows: int, dim: int, keras: Interpreter) -> t
     return path, tokens
 
 
-def ensure_half_vocab(tokens: Path) -> Path:
+def half_vocab(tokens: Path) -> Path:
     """A NEW_VOCAB for `remap` keeping every other row (half the table), in order."""
-    half = tokens.with_name(tokens.name.replace(".tokens.txt", ".half.txt"))
-    if not half.is_file():
-        lines = tokens.read_text(encoding="utf-8").splitlines()
-        partial = half.with_suffix(".partial")
-        partial.write_text("\n".join(lines[::2]) + "\n", encoding="utf-8")
-        partial.replace(half)
+    half = tokens.parent / (tokens.stem + ".half.txt")
+    lines = tokens.read_text(encoding="utf-8").splitlines()
+    partial = half.with_suffix(".partial")
+    partial.write_text("\n".join(lines[::2]) + "\n", encoding="utf-8")
+    partial.replace(half)
     return half
 
 

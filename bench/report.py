@@ -57,6 +57,22 @@ class Goal:
         raise ValueError(self.kind)
 
 
+# stats keeps a 4-byte hash a row; beyond that it holds one block, its temporaries and
+# up to 8 blocks of duplicate-group rows (8 MiB blocks), which this allowance covers.
+STATS_BYTES_PER_ROW = 4
+STATS_ALLOWANCE_MB = 96
+
+
+def stats_memory_goal(rows: int, floor: Series) -> Goal:
+    """stats' memory bound: the import floor's peak, 4 bytes a row, and a fixed allowance."""
+    return Goal(
+        f"< import floor + {STATS_BYTES_PER_ROW} B/row + {STATS_ALLOWANCE_MB} MB",
+        UNDER_MB_ABOVE,
+        rows * STATS_BYTES_PER_ROW / 1024**2 + STATS_ALLOWANCE_MB,
+        [floor],
+    )
+
+
 @dataclass
 class Case:
     """One embcli command, with what it is compared with and the goals it must meet."""

@@ -34,14 +34,14 @@ from environment import (
     machine_info,
 )
 from keras_ref import VERIFY_SCRIPT, keras_argv
-from measure import MB, Series, rss_floor, run_rounds, warm
+from measure import MB, Series, remove, rss_floor, run_rounds, warm
 from models import (
     FORMATS,
     LAYER,
-    ensure_half_vocab,
     ensure_models,
     ensure_vectors,
     ensure_vocab_model,
+    half_vocab,
     spread_rows,
 )
 from report import (
@@ -49,7 +49,6 @@ from report import (
     AT_MOST_RATIO,
     HEADERS,
     UNDER_MB,
-    UNDER_MB_ABOVE,
     UNDER_SECONDS,
     Case,
     Goal,
@@ -57,6 +56,7 @@ from report import (
     goal_lines,
     render_markdown,
     render_text,
+    stats_memory_goal,
     table_rows,
     write_results,
 )
@@ -83,10 +83,6 @@ RESIZE_ADD = 1000
 NEIGHBOR_K = 10
 COPY_BLOCK = "8M"
 IMPORT_FLOOR = "import numpy, h5py"
-# stats keeps a 4-byte hash a row; beyond that it holds one block, its temporaries and
-# up to 8 blocks of duplicate-group rows (8 MiB blocks), which this allowance covers.
-STATS_BYTES_PER_ROW = 4
-STATS_ALLOWANCE_MB = 96
 
 
 def embcli_argv(python: Interpreter, *args: object) -> list[str]:
@@ -130,6 +126,7 @@ class Plan:
         self.notes: list[str] = []
         self.warm: list[Path] = []
         self._shared: dict[str, Series] = {}
+        self.verified = True
 
     def reference(self, name: str, series: Series) -> Series:
         """The reference command `name`, created once and listed once."""
@@ -220,15 +217,7 @@ def build_plan(plan: Plan, selected: list[str], models: dict[str, Path], formats
                 plan.checks.append(check("export", label, model, mine_out))
             elif name == "stats":
                 floor = plan.floor()
-                bound = rows * STATS_BYTES_PER_ROW / MB + STATS_ALLOWANCE_MB
-                goals = [
-                    Goal(
-                        f"< import floor + {STATS_BYTES_PER_ROW} B/row + {STATS_ALLOWANCE_MB} MB",
-                        UNDER_MB_ABOVE,
-                        bound,
-                        [floor],
-                    )
-                ]
+                goals = [stats_memory_goal(rows, floor)]
                 mine = plan.run("stats", model, "--json")
                 plan.cases.append(Case(label, mine, floor, plan.keras_way(name, model), goals))
             elif name == "neighbors":
@@ -327,7 +316,19 @@ def resize_goals(dd: Series) -> list[Goal]:
 def add_remap(plan: Plan, dim: int) -> None:
     """`remap` keeping every other row, on a `.keras` whose StringLookup knows the tokens."""
     model, tokens = ensure_vocab_model(WORK, plan.args.rows, dim, plan.keras)
-    half = ensure_half_vocab(tokens)
+    if has_command(plan.embcli, "vocab"):
+        listed = WORK / "vocab-model.embcli-vocab.txt"
+        remove(listed)
+        argv = embcli_argv(plan.embcli, "vocab", model, "-l", LAYER, "-o", listed)
+        if subprocess.run(argv, env=plan.embcli.env, capture_output=True).returncode == 0:
+            if listed.read_bytes() != tokens.read_bytes():
+                plan.notes.append(
+                    "`embcli vocab -o` lists the remap model's tokens unlike "
+                    "the file Keras's vocabulary was written from; NEW_VOCAB "
+                    "keeps every other line of embcli's list."
+                )
+                tokens = listed
+    half = half_vocab(tokens)
     plan.warm += [model, half]
     dd = plan.durable(model, ".keras", tag="vocab-model")
     mine_out = plan.out / "embcli-remap.keras"
@@ -352,10 +353,13 @@ def verify(plan: Plan) -> list[str]:
         text=True,
     )
     if found.returncode != 0:
-        return [f"Keras could not check embcli's outputs: {found.stderr[-500:]}"]
+        plan.verified = False
+        return [f"Keras could not check embcli's outputs: {' '.join(found.stderr[-500:].split())}"]
     verdicts = json.loads(found.stdout.splitlines()[-1])
+    plan.verified = all(verdict == "ok" for verdict in verdicts.values())
     return [
-        f"Keras reloads embcli's `{name}` output: {verdict}" for name, verdict in verdicts.items()
+        f"Keras reloads embcli's `{name}` output: {' '.join(verdict.split())}"
+        for name, verdict in verdicts.items()
     ]
 
 
@@ -440,7 +444,8 @@ def default_benchmark(args: argparse.Namespace, selected: list[str]) -> tuple[in
             ]
         )
         write_results("default", body)
-    failed = any(case.command is not None and not case.command.ok for case in plan.cases)
+    failed = not plan.verified
+    failed |= any(case.command is not None and not case.command.ok for case in plan.cases)
     return (1 if failed else 0), report
 
 
@@ -502,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="build an 8 GiB .keras with h5py and time embcli alone on it",
     )
-    parser.add_argument("--big-gb", type=int, default=8, help="table size for --big, in GiB")
+    parser.add_argument("--big-gb", type=float, default=8, help="table size for --big, in GiB")
     args = parser.parse_args(argv)
     if args.repeat is None:
         args.repeat = 1 if args.big else 3
