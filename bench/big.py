@@ -16,6 +16,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from cases import ASSIGN_COUNT, IMPORT_FLOOR, durable_copy, embcli_argv
 from environment import Interpreter, machine_info
 from measure import MB, Series, remove, rss_floor, run_once, warm
 from models import LAYER, ensure_models, ensure_vectors, spread_rows
@@ -37,7 +38,6 @@ BENCH = Path(__file__).resolve().parent
 WORK = BENCH / "work"
 GB = 1024 * MB
 FIXED_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-ASSIGN_COUNT = 10
 
 
 def build_big_model(target: Path, rows: int, dim: int, template: Path) -> None:
@@ -82,10 +82,6 @@ def build_big_model(target: Path, rows: int, dim: int, template: Path) -> None:
     os.replace(partial, target)
 
 
-def embcli_argv(python: Interpreter, *args: object) -> list[str]:
-    return [python.python, "-m", "embcli", *map(str, args)]
-
-
 def big_benchmark(
     args: argparse.Namespace, sides: tuple[Interpreter, Interpreter]
 ) -> tuple[int, dict]:
@@ -115,13 +111,9 @@ def big_benchmark(
         out / "big-cp.keras",
         out / "big-dd.keras",
     )
-    floor = Series("import floor", [embcli.python, "-c", "import numpy, h5py"])
+    floor = Series("import floor", [embcli.python, "-c", IMPORT_FLOOR])
     cp = Series("cp", ["cp", str(target), str(copied)], [copied])
-    dd = Series(
-        "dd conv=fsync",
-        ["dd", f"if={target}", f"of={durable}", "bs=8M", "conv=fsync", "status=none"],
-        [durable],
-    )
+    dd = Series("dd conv=fsync", durable_copy(target, durable), [durable])
     references = [("import floor", floor), ("cp .keras", cp), ("dd conv=fsync .keras", dd)]
 
     def run(*argv: object, outputs: list[Path] | None = None) -> Series:

@@ -2,8 +2,8 @@
 
 embcli runs from a fresh virtual environment built with `pip install .` of this checkout,
 as a user gets it, so that the versions measured are the ones users install. It is cached
-under bench/work/ in a folder named after the checkout's commit and pyproject.toml (and
-any uncommitted change to embcli/), and rebuilt when those change.
+under bench/work/ in a folder named after the checkout's embcli/ tree and pyproject.toml
+(and any uncommitted change to embcli/), and rebuilt when those change.
 """
 
 from __future__ import annotations
@@ -92,11 +92,12 @@ def git(repo: Path, *args: str) -> str:
 
 
 def source_key(repo: Path) -> str:
-    """Names what `pip install .` of `repo` installs: its commit, a hash of pyproject.toml,
-    and a hash of uncommitted changes under embcli/ when there are any."""
-    commit = git(repo, "rev-parse", "--short=12", "HEAD") or "nogit"
+    """Names what `pip install .` of `repo` installs: the committed embcli/ (its git tree,
+    so that commits elsewhere keep the venv), a hash of pyproject.toml, and a hash of
+    uncommitted changes under embcli/ when there are any."""
+    tree = git(repo, "rev-parse", "--short=12", "HEAD:embcli") or "nogit"
     pyproject = hashlib.sha256((repo / "pyproject.toml").read_bytes()).hexdigest()[:12]
-    key = f"{commit}-{pyproject}"
+    key = f"{tree}-{pyproject}"
     changes = git(repo, "status", "--porcelain", "--untracked-files=all", "--", "embcli")
     if changes:
         digest = hashlib.sha256(git(repo, "diff", "HEAD", "--", "embcli").encode())
