@@ -33,7 +33,7 @@ from environment import (
     fresh_venv,
     machine_info,
 )
-from measure import MB, rss_floor, run_rounds, warm
+from measure import rss_floor, run_rounds, warm
 from models import FORMATS, ensure_models
 from report import (
     HEADERS,
@@ -122,10 +122,10 @@ def default_benchmark(args: argparse.Namespace, selected: list[str]) -> tuple[in
         "cases": [case.record() for case in plan.cases],
     }
     if not args.no_results:
-        size = args.rows * args.dim * 4 / MB
+        size = args.rows * args.dim * 4 / 1e6
         body = "\n\n".join(
             [
-                f"## Default benchmark: {args.rows} x {args.dim} float32 table ({size:.0f} MiB), "
+                f"## Default benchmark: {args.rows} x {args.dim} float32 table ({size:.0f} MB), "
                 f"median of {args.repeat}",
                 "\n".join(info_lines(info, embcli, keras)),
                 render_markdown(rows, HEADERS),
