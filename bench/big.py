@@ -111,13 +111,13 @@ def big_benchmark(
         out / "big-cp.keras",
         out / "big-dd.keras",
     )
-    floor = Series("import floor", [embcli.python, "-c", IMPORT_FLOOR])
+    floor = Series("import floor", [embcli.python, "-c", IMPORT_FLOOR], env=embcli.env)
     cp = Series("cp", ["cp", str(target), str(copied)], [copied])
     dd = Series("dd conv=fsync", durable_copy(target, durable), [durable])
     references = [("import floor", floor), ("cp .keras", cp), ("dd conv=fsync .keras", dd)]
 
     def run(*argv: object, outputs: list[Path] | None = None) -> Series:
-        return Series("embcli", embcli_argv(embcli, *argv), outputs or [])
+        return Series("embcli", embcli_argv(embcli, *argv), outputs or [], env=embcli.env)
 
     in_place = run(
         "assign", scratch, "-l", LAYER, "--from", vectors, "--rows", targets, "--in-place"

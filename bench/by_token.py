@@ -184,11 +184,12 @@ def by_token_benchmark(
         str(edited),
         "--force",
     ]
-    mine = Series("embcli", argv, [edited])
+    mine = Series("embcli", argv, [edited], env=embcli.env)
     theirs = None
     notes = []
     if gensim:
-        theirs = Series("gensim", [gensim.python, "-c", GENSIM_SCRIPT, str(glove)])
+        argv = [gensim.python, "-c", GENSIM_SCRIPT, str(glove)]
+        theirs = Series("gensim", argv, env=gensim.env)
         notes.append(f"gensim {(gensim.versions or {}).get('gensim')} ran with {gensim.python}.")
     else:
         notes.append(

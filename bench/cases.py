@@ -82,7 +82,7 @@ class Plan:
 
     def floor(self) -> Series:
         argv = [self.embcli.python, "-c", IMPORT_FLOOR]
-        return self.reference("import floor", Series("import floor", argv))
+        return self.reference("import floor", Series("import floor", argv, env=self.embcli.env))
 
     def copy(self, model: Path, suffix: str) -> Series:
         target = self.out / f"cp{suffix}"
@@ -96,10 +96,11 @@ class Plan:
         return self.reference(f"dd conv=fsync {tag}{suffix}", series)
 
     def run(self, *args: object, outputs: list[Path] | None = None) -> Series:
-        return Series("embcli", embcli_argv(self.embcli, *args), outputs or [])
+        return Series("embcli", embcli_argv(self.embcli, *args), outputs or [], env=self.embcli.env)
 
     def keras_way(self, case: str, *args: object, outputs: list[Path] | None = None) -> Series:
-        return Series("keras", keras_argv(self.keras.python, case, *args), outputs or [])
+        argv = keras_argv(self.keras.python, case, *args)
+        return Series("keras", argv, outputs or [], env=self.keras.env)
 
     def check(self, kind: str, name: str, original: Path, output: Path, **extra: object) -> None:
         """Have Keras check `output` after the runs (see keras_ref.VERIFY_SCRIPT)."""
@@ -238,7 +239,7 @@ def add_remap(plan: Plan) -> None:
 
 
 def add_help(plan: Plan) -> None:
-    keras = Series("import keras", [plan.keras.python, "-c", "import keras"])
+    keras = Series("import keras", [plan.keras.python, "-c", "import keras"], env=plan.keras.env)
     goals = [Goal("< 0.15 s", UNDER_SECONDS, 0.15)]
     plan.cases.append(Case("--help", plan.run("--help"), plan.floor(), keras, goals))
 
