@@ -234,7 +234,7 @@ def big_benchmark(
                 + "\n".join(f"- {note}" for note in notes),
                 "No Keras comparison here: loading this model takes more than its size in RAM. "
                 "`assign --in-place` writes 10 rows into a fresh copy each run; set beside the "
-                "default run's figure for its 512 MiB model, it shows the edit is flat in "
+                "default run's figure for its 512 MB model, it shows the edit is flat in "
                 "file size.",
             ]
         )
