@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from embcli import __version__
-from embcli.commands import assign, audit, read
+from embcli.commands import assign, audit, read, resize
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -21,6 +21,7 @@ CLI_REMEDIES = {
     "npz_key": "; choose one with --key",
     "metric_l2": " (try --metric l2)",
     "raw": "; --raw gives its stored values",
+    "rows": "; give --rows to replace some of them",
 }
 
 
@@ -55,6 +56,6 @@ def cli() -> None:
     """
 
 
-for module in (read, assign, audit):
+for module in (read, assign, resize, audit):
     for command in module.COMMANDS:
         cli.add_command(command)

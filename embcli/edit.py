@@ -22,11 +22,6 @@ from embcli.formats.base import ModelFile, Table
 
 QUANTIZE_RANGE = 127
 QUANTIZE_EPSILON = 1e-7
-OUTPUT_SUFFIXES = {
-    "keras archive": ".keras",
-    "keras weights": ".weights.h5",
-    "keras sharded weights": ".weights.json",
-}
 
 
 @dataclass
@@ -99,7 +94,7 @@ def check_shape(values: np.ndarray, table: Table, count: int) -> None:
 
 
 def output_suffix_problem(model: ModelFile, output: Path) -> str | None:
-    suffix = OUTPUT_SUFFIXES.get(model.format_name)
+    suffix = model.artifact_kind.output_suffix if model.artifact_kind is not None else None
     if suffix and not output.name.lower().endswith(suffix):
         return f"a copy of a {model.format_name} file must be named *{suffix} (Keras requires it)"
     return None

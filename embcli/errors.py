@@ -22,6 +22,7 @@ API_REMEDIES: Mapping[str, str] = {
     "npz_key": "; choose one with key=NAME",
     "metric_l2": " (try metric='l2')",
     "raw": "; read its stored values with raw=True",
+    "rows": "; pass rows=... to replace some of them",
 }
 
 

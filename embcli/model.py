@@ -14,76 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from embcli.dtypes import is_bfloat16
-from embcli.errors import (
-    AmbiguousTable,
-    InterruptedEdit,
-    MalformedFile,
-    NoSuchTable,
-    UnsupportedEdit,
-    UnsupportedFormat,
-)
+from embcli.errors import AmbiguousTable, InterruptedEdit, NoSuchTable, UnsupportedEdit
 from embcli.formats.base import ModelFile, Table
-from embcli.guarded import (
-    HDF5_SIGNATURE,
-    ZIP_EMPTY_SIGNATURE,
-    ZIP_SIGNATURE,
-    h5_root_names,
-    sniff,
-)
+from embcli.formats.registry import detect
 from embcli.journal import pending, recover
 
 BLOCK_BYTES = 32 * 1024 * 1024
-TF_INDEX_SUFFIX = ".index"
-SAVED_MODEL_FILENAME = "saved_model.pb"
-TF_CHECKPOINT_STATE = "checkpoint"
-LEGACY_ROOT_MARKERS = ("model_weights", "layer_names", "model_config", "keras_version")
-
-
-def detect_format(path: Path) -> str:
-    """Name the artifact kind from what the path holds, not only from its name."""
-    if not path.exists() and Path(str(path) + TF_INDEX_SUFFIX).is_file():
-        return "checkpoint"
-    if not path.exists():
-        raise UnsupportedFormat(f"{path}: no such file or folder")
-    if path.is_dir():
-        if (path / SAVED_MODEL_FILENAME).is_file():
-            return "savedmodel"
-        if (path / "model.weights.h5").exists() or (path / "config.json").is_file():
-            return "keras-folder"
-        if (path / TF_CHECKPOINT_STATE).is_file():
-            return "checkpoint"
-        raise UnsupportedFormat(f"{path}: a folder that holds no Keras or TensorFlow model")
-    head = sniff(path)
-    if not head:
-        raise MalformedFile(f"{path}: the file is empty")
-    if head.startswith(ZIP_SIGNATURE) or head.startswith(ZIP_EMPTY_SIGNATURE):
-        return "keras-archive"
-    if head.startswith(HDF5_SIGNATURE) or _hdf5_after_userblock(path):
-        return _hdf5_kind(path)
-    if head.lstrip()[:1] == b"{":
-        return "keras-sharded"
-    if path.name.endswith(TF_INDEX_SUFFIX) or ".data-" in path.name:
-        return "checkpoint"
-    if path.name == SAVED_MODEL_FILENAME:
-        return "savedmodel"
-    if path.name == TF_CHECKPOINT_STATE:
-        return "checkpoint"
-    raise UnsupportedFormat(f"{path}: not a Keras or TensorFlow model file")
-
-
-def _hdf5_after_userblock(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        for offset in (512, 1024, 2048, 4096):
-            fh.seek(offset)
-            if fh.read(8) == HDF5_SIGNATURE:
-                return True
-    return False
-
-
-def _hdf5_kind(path: Path) -> str:
-    if h5_root_names(path) & set(LEGACY_ROOT_MARKERS):
-        return "legacy-h5"
-    return "keras-weights"
 
 
 def open_model(path: str | os.PathLike, recover_edits: bool = False) -> ModelFile:
@@ -93,23 +29,15 @@ def open_model(path: str | os.PathLike, recover_edits: bool = False) -> ModelFil
     (for commands that write to it anyway) rolls that edit back first.
     """
     path = Path(path)
-    kind = detect_format(path)
+    kind = detect(path)
     folder = path if path.is_dir() else path.absolute().parent
     if recover_edits:
         recover(folder)
     else:
         refuse_half_edited(folder)
-    if kind.startswith("keras-"):
-        from embcli.formats.keras3 import Keras3File
-
-        return Keras3File(path, kind.removeprefix("keras-"))
-    if kind == "legacy-h5":
-        from embcli.formats.legacy_h5 import LegacyH5File
-
-        return LegacyH5File(path)
-    from embcli.formats.tensorflow import open_tensorflow
-
-    return open_tensorflow(path, kind)
+    artifact = kind.opener(path)
+    artifact.artifact_kind = kind
+    return artifact
 
 
 def refuse_half_edited(folder: Path) -> None:
@@ -151,7 +79,11 @@ def _keys(table: Table) -> set[str]:
 
 def find_table(model: ModelFile, name: str | None) -> Table:
     """The table `--layer NAME` means: a layer name, `outer/inner` path, or weight path."""
-    tables = list_tables(model, all_weights=True)
+    return select_table(list_tables(model, all_weights=True), name)
+
+
+def select_table(tables: list[Table], name: str | None) -> Table:
+    """`find_table` among tables already listed (with `all_weights`)."""
     embeddings = [t for t in tables if t.is_embedding]
     if name is None:
         if len(embeddings) == 1:

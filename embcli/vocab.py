@@ -55,12 +55,16 @@ class Vocabulary:
         tokens: one token per row, as text (IntegerLookup ids as decimal strings).
         source: where it came from: `config:<layer>`, `asset:<path>` or `file:<path>`.
         specials: how many leading rows hold the mask and OOV tokens.
+        layer: the name of the lookup layer it came from, if any.
     """
 
-    def __init__(self, tokens: Sequence[str], source: str, specials: int = 0) -> None:
+    def __init__(
+        self, tokens: Sequence[str], source: str, specials: int = 0, layer: str | None = None
+    ) -> None:
         self.tokens = list(tokens)
         self.source = source
         self.specials = specials
+        self.layer = layer
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -410,7 +414,7 @@ def _layer_vocabulary(model: ModelFile, layer: _Layer) -> Vocabulary | None:
     specials = rules.specials
     start = len(specials)
     tokens = values[start:] if list(values[:start]) == specials else values
-    return Vocabulary([_text(t) for t in specials + list(tokens)], source, start)
+    return Vocabulary([_text(t) for t in specials + list(tokens)], source, start, layer.name)
 
 
 def _text(token: Any) -> str:

@@ -99,12 +99,7 @@ def assign(
         embcli assign model.keras -l words --fill zeros --rows 0 --in-place
         embcli assign model.keras -l words --by-token --from glove.6B.50d.txt -o new.keras
     """
-    import numpy as np
-
-    from embcli.edit import assign as assign_rows
-    from embcli.model import find_table, open_model
-    from embcli.rowspec import parse_rows
-    from embcli.vectors import load_vectors
+    from embcli.api import assign as assign_rows
 
     if (source is None) == (fill is None):
         raise click.UsageError("give exactly one of --from FILE and --fill zeros")
@@ -115,52 +110,36 @@ def assign(
     check_by_token_options(
         by_token, source, key, row_specs, vector_format, lowercase, vocab_path, vocab_column
     )
-    with open_model(model, recover_edits=in_place) as opened:
-        table = find_table(opened, layer)
-        indices = (
-            parse_rows(row_specs, table.rows, unique=True)
-            if row_specs
-            else np.arange(table.rows, dtype=np.int64)
-        )
-        if by_token:
-            indices, values = token_vectors(
-                opened,
-                table,
-                source,
-                vector_format,
-                lowercase,
-                vocab_path,
-                vocab_column,
-                output,
-                force,
-                in_place,
-            )
-        elif source is not None:
-            values = load_vectors(source, key)
-            if not row_specs and values.shape[0] != table.rows:
-                raise click.ClickException(
-                    f"{source.name} holds {values.shape[0]} vectors but {table.name} has "
-                    f"{table.rows} rows; give --rows to replace some of them"
-                )
-        else:
-            values = np.zeros((len(indices), table.dim), dtype=np.float32)
-        target = Path(model) if in_place else output
+    size = source.stat().st_size if by_token and source is not None and source.exists() else 0
+    with terminal_progress(size, "reading vectors", size >= PROGRESS_BYTES) as progress:
         result = assign_rows(
-            opened,
-            table,
-            indices,
-            values,
-            target,
+            model,
+            layer,
+            rows=",".join(row_specs) if row_specs else None,
+            values=None if by_token else source,
+            fill=fill,
+            key=key,
+            by_token=source if by_token else None,
+            vector_format=vector_format,
+            lowercase=lowercase,
+            vocab=vocab_path,
+            vocab_column=vocab_column,
+            output=output,
             in_place=in_place,
             force=force,
             allow_lossy=allow_lossy,
             allow_nonfinite=allow_nonfinite,
             reset_optimizer_rows=reset_optimizer_rows,
+            notify=lambda line: click.echo(line, err=True),
+            progress=progress,
         )
     slots = (
         f" and {len(result.optimizer_slots)} optimizer slot(s)" if result.optimizer_slots else ""
     )
-    click.echo(f"assigned {result.rows} row(s) of {table.name}{slots}; wrote {target}", err=True)
+    click.echo(
+        f"assigned {result.rows} row(s) of {result.table.name}{slots}; wrote {result.output}",
+        err=True,
+    )
 
 
 def check_by_token_options(
@@ -191,52 +170,6 @@ def check_by_token_options(
         raise click.UsageError("--key has no use with --by-token")
 
 
-def token_vectors(
-    opened,
-    table,
-    source: Path,
-    vector_format: str | None,
-    lowercase: bool,
-    vocab_path: str | None,
-    vocab_column: str | None,
-    output: Path | None,
-    force: bool,
-    in_place: bool,
-):
-    """The rows whose token has a vector in `source`, and those vectors; prints coverage."""
-    from embcli.atomic import check_output
-    from embcli.edit import output_suffix_problem
-    from embcli.errors import BadVectors, UnsupportedEdit
-    from embcli.pretrained import vocabulary_vectors
-    from embcli.vocab import require_vocabulary
-
-    vocabulary = require_vocabulary(opened, table, vocab_path, vocab_column)
-    if not in_place:
-        check_output(output, force)
-        problem = output_suffix_problem(opened, output)
-        if problem:
-            raise UnsupportedEdit(problem)
-    problem = vocabulary.size_problem(table)
-    if problem:
-        click.echo(f"warning: {problem}", err=True)
-    size = source.stat().st_size
-    with terminal_progress(size, "reading vectors", size >= PROGRESS_BYTES) as progress:
-        indices, values, coverage = vocabulary_vectors(
-            vocabulary,
-            table.rows,
-            source,
-            fmt=vector_format,
-            dim=table.dim,
-            lowercase=lowercase,
-            progress=progress,
-        )
-    for line in coverage.lines():
-        click.echo(line, err=True)
-    if not len(indices):
-        raise BadVectors(f"no token of the vocabulary of {table.name} appears in {source.name}")
-    return indices, values
-
-
 @click.command()
 @model_argument
 def recover(model: str) -> None:
@@ -247,10 +180,9 @@ def recover(model: str) -> None:
     Example:
         embcli recover model.keras
     """
-    from embcli.journal import recover as roll_back_edits
+    from embcli.api import recover as roll_back_edits
 
-    path = Path(model)
-    restored = roll_back_edits(path if path.is_dir() else path.absolute().parent)
+    restored = roll_back_edits(model)
     click.echo(f"restored {', '.join(restored)}" if restored else "nothing to recover", err=True)
 
 

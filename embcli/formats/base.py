@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -20,6 +21,9 @@ import numpy as np
 from embcli.dtypes import bfloat16
 from embcli.errors import MalformedFile, UnsupportedEdit
 from embcli.guarded import H5_ERRORS, DatasetInfo, open_h5
+
+if TYPE_CHECKING:
+    from embcli.formats.registry import ArtifactKind
 
 EMBEDDING_SUFFIX = "Embedding"
 EMBEDDING_VARIABLE = "embeddings"
@@ -55,7 +59,6 @@ class Table:
     is_embedding: bool = True
     aliases: tuple[str, ...] = ()
     owner: str = ""
-    extras: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def rows(self) -> int:
@@ -142,6 +145,8 @@ class Edit:
         assets: `asset path -> new bytes` (relative to the assets folder).
         files: `file name -> new bytes` for small files beside the weights (for
             example a preset's `tokenizer.json` or `task.json`).
+        checks: `(weight, sorted rows, expected stored values)` that the written copy
+            must read back before it replaces anything.
     """
 
     rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -149,6 +154,7 @@ class Edit:
     config: dict | None = None
     assets: dict[str, bytes] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
+    checks: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)
 
     @property
     def only_rows(self) -> bool:
@@ -159,6 +165,7 @@ class ModelFile(ABC):
     """An open model artifact. Use as a context manager, or call `close`."""
 
     format_name: str = "?"
+    artifact_kind: ArtifactKind | None = None
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -178,6 +185,13 @@ class ModelFile(ABC):
     def optimizer_slots(self, table: Table) -> list[str]:
         """Weights of the saved optimizer state that hold per-row state for `table`."""
         return []
+
+    def weights_of(self, table: Table) -> list[str]:
+        """Every weight of the layer that owns `table` (its bias, say), in order."""
+        return [table.weight]
+
+    reshapes_weights = False
+    "Whether `plan_edit` can replace weights with others of another shape."
 
     @abstractmethod
     def plan_write(
@@ -200,6 +214,11 @@ class ModelFile(ABC):
 
     def config(self) -> dict | None:
         """The model's config as parsed JSON data, when the artifact has one."""
+        return None
+
+    def layer_config(self, table: Table, config: dict | None = None) -> dict | None:
+        """The config entry (the dict inside `config`, by default the model's own) of the
+        layer that owns `table`, where the config lists its layers."""
         return None
 
     def asset(self, name: str) -> bytes | None:

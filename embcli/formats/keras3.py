@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -20,28 +19,29 @@ from pathlib import Path
 
 import numpy as np
 
-from embcli.errors import MalformedFile, UnsafeFile, UnsupportedEdit, UnsupportedFormat
+from embcli.errors import MalformedFile, UnsafeFile, UnsupportedFormat
 from embcli.formats.base import (
     EMBEDDING_SUFFIX,
-    FilePlan,
     H5Source,
     ModelFile,
     Table,
-    WritePlan,
-    ZipMemberChecksums,
     numpy_dtype,
     slots_by_shape,
     snake_to_class,
     vars_index,
 )
+from embcli.formats.keras3_write import Keras3Writing
 from embcli.formats.naming import (
     LAYERS_CONTAINER,
     TF_KERAS_LAYERS_CONTAINER,
     ConfigLayer,
     groups_from_config,
 )
+from embcli.formats.registry import ArtifactKind, Probe
 from embcli.guarded import (
+    ZIP_EMPTY_SIGNATURE,
     ZIP_ERRORS,
+    ZIP_SIGNATURE,
     FileWindow,
     check_archive,
     check_directory_size,
@@ -82,7 +82,7 @@ class _Owner:
     saved_name: str | None
 
 
-class Keras3File(ModelFile):
+class Keras3File(Keras3Writing, ModelFile):
     """A Keras 3 (or tf_keras `.keras`) artifact of one of four kinds."""
 
     def __init__(self, path: Path, kind: str) -> None:
@@ -100,6 +100,7 @@ class Keras3File(ModelFile):
         self._member_offset: int | None = None
         self._spill = None
         self._config: dict | None = None
+        self._config_indent: int | None = None
         self._shard_map: dict | None = None
         self._sources: dict[str, H5Source] = {}
         self._location: dict[str, str] = {}
@@ -196,6 +197,7 @@ class Keras3File(ModelFile):
             self._sources[shard] = H5Source(shard_path)
 
     def _parse_config(self, text: bytes) -> dict:
+        self._config_indent = _indent_of(text)
         config = parse_json(text, f"{self.path}: {CONFIG_FILENAME}")
         if not isinstance(config, dict):
             raise MalformedFile(f"{self.path}: {CONFIG_FILENAME} is not a JSON object")
@@ -416,140 +418,21 @@ class Keras3File(ModelFile):
         ordered = sorted(slots, key=lambda p: vars_index(p.rsplit("/", 1)[-1]))
         return slots_by_shape(table, ordered, others)
 
-    # Writing -------------------------------------------------------------------------
+    reshapes_weights = True
 
-    def plan_write(self, output, patches, in_place) -> WritePlan:
-        by_source: dict[str, list[tuple[int, bytes]]] = {}
-        checks: dict[str, list] = {}
-        for weight, (rows, values) in patches.items():
-            source, path = self._source(weight)
-            key = self._location[path]
-            by_source.setdefault(key, []).extend(source.patches(path, rows, values))
-            checks.setdefault(key, []).append((path, rows, values))
-        if self.kind == "archive":
-            return self._plan_archive(output, by_source.get("", []), checks.get("", []))
-        if self.kind == "weights":
-            plan = FilePlan(
-                output, self.path, patches=by_source.get("", []), checks=checks.get("", [])
-            )
-            return WritePlan(output, [plan])
-        if self.kind == "folder":
-            return self._plan_folder(output, by_source.get("", []), checks.get("", []), in_place)
-        return self._plan_sharded(output, by_source, checks, in_place)
+    def weights_of(self, table: Table) -> list[str]:
+        owner = self._owners.get(table.owner)
+        return list(owner.datasets) if owner is not None else [table.weight]
 
-    def _plan_archive(self, output, patches, checks) -> WritePlan:
-        info = self._member
-        if self._member_offset is None:
-            return WritePlan(
-                output,
-                [
-                    FilePlan(
-                        output, self.path, checks=checks, rebuild=self._rebuild_archive(patches)
-                    )
-                ],
-            )
-        fd = self._fd
-        crc_offsets = [info.header_offset + 14, self._central_entry_offset(info) + 16]
-        if info.flag_bits & 0x8:
-            end = self._member_offset + info.compress_size
-            signature = os.pread(fd, 4, end)
-            crc_offsets.append(end + 4 if signature == b"PK\x07\x08" else end)
-        member = ZipMemberChecksums(
-            self._member_offset, info.file_size, info.CRC, tuple(crc_offsets)
+    def layer_config(self, table: Table, config: dict | None = None) -> dict | None:
+        config = self._config if config is None else config
+        if config is None:
+            return None
+        groups = groups_from_config(config)
+        known = groups.get(table.owner) or groups.get(
+            table.owner.replace(TF_KERAS_LAYERS_CONTAINER, LAYERS_CONTAINER)
         )
-        return WritePlan(
-            output, [FilePlan(output, self.path, patches=patches, zip_member=member, checks=checks)]
-        )
-
-    def _central_entry_offset(self, target: zipfile.ZipInfo) -> int:
-        archive = self._archive
-        position = archive.start_dir
-        for info in archive.infolist():
-            header = os.pread(self._fd, 46, position)
-            if header[:4] != b"PK\x01\x02":
-                raise MalformedFile(f"{self.path}: bad central directory")
-            if info is target:
-                return position
-            lengths = [int.from_bytes(header[i : i + 2], "little") for i in (28, 30, 32)]
-            position += 46 + sum(lengths)
-        raise MalformedFile(f"{self.path}: {target.filename} missing from the central directory")
-
-    def _rebuild_archive(self, patches):
-        """Write a copy of a compressed archive, re-compressing only the weights member."""
-
-        def write(target: Path) -> None:
-            spill = self._spill
-            with zipfile.ZipFile(target, "w") as out:
-                for info in self._archive.infolist():
-                    if info is self._member:
-                        with tempfile.TemporaryFile(prefix="embcli-") as edited:
-                            spill.seek(0)
-                            shutil.copyfileobj(spill, edited, 1 << 20)
-                            for offset, data in patches:
-                                edited.seek(offset)
-                                edited.write(data)
-                            edited.seek(0)
-                            with out.open(
-                                _copy_info(info), "w", force_zip64=info.file_size > 1 << 31
-                            ) as dst:
-                                shutil.copyfileobj(edited, dst, 1 << 20)
-                    else:
-                        with (
-                            self._archive.open(info) as src,
-                            out.open(_copy_info(info), "w") as dst,
-                        ):
-                            shutil.copyfileobj(src, dst, 1 << 20)
-
-        return write
-
-    def _plan_folder(self, output, patches, checks, in_place) -> WritePlan:
-        weights = FilePlan(
-            output / WEIGHTS_FILENAME, self.path / WEIGHTS_FILENAME, patches=patches, checks=checks
-        )
-        if in_place:
-            return WritePlan(output, [weights])
-        files = []
-        for source in sorted(self.path.rglob("*")):
-            if source.is_symlink():
-                raise UnsafeFile(f"{source}: symbolic links in a model folder are refused")
-            if source.is_file() and source != weights.source:
-                files.append(FilePlan(output / source.relative_to(self.path), source))
-        return WritePlan(output, files + [weights], folder=output)
-
-    def _plan_sharded(self, output, by_source, checks, in_place) -> WritePlan:
-        if in_place:
-            plans = [
-                FilePlan(
-                    self.path.parent / key,
-                    self._sources[key].path,
-                    patches=by_source[key],
-                    checks=checks.get(key, []),
-                )
-                for key in by_source
-            ]
-            return WritePlan(output, plans)
-        if not output.name.endswith(".weights.json"):
-            raise UnsupportedEdit("a copy of sharded weights must be named *.weights.json")
-        renamed = {
-            key: shard_rename(key, self.path.name, output.name, i)
-            for i, key in enumerate(self._sources)
-        }
-        plans = [
-            FilePlan(
-                output.parent / renamed[key],
-                source.path,
-                patches=by_source.get(key, []),
-                checks=checks.get(key, []),
-            )
-            for key, source in self._sources.items()
-        ]
-        index = dict(self._shard_map)
-        index[SHARD_MAP_KEY] = {
-            k: ([renamed[s] for s in v] if isinstance(v, list) else renamed.get(v, v))
-            for k, v in self._shard_map[SHARD_MAP_KEY].items()
-        }
-        plans.append(FilePlan(output, content=json.dumps(index, indent=4).encode()))
-        return WritePlan(output, plans)
+        return known.config if known is not None else None
 
     def close(self) -> None:
         for source in self._sources.values():
@@ -583,25 +466,44 @@ def shard_names(weight_map: dict) -> list[str]:
     return names
 
 
-def shard_rename(shard: str, old_index: str, new_index: str, position: int) -> str:
-    """A shard's name for a copy whose index is `new_index`."""
-    old_stem = old_index[: -len(".weights.json")]
-    new_stem = new_index[: -len(".weights.json")]
-    if shard.startswith(old_stem + "_"):
-        return new_stem + shard[len(old_stem) :]
-    return f"{new_stem}_{position:05d}.weights.h5"
-
-
-def _copy_info(info: zipfile.ZipInfo) -> zipfile.ZipInfo:
-    copy = zipfile.ZipInfo(info.filename, date_time=info.date_time)
-    copy.compress_type = info.compress_type
-    copy.external_attr = info.external_attr
-    copy.comment = info.comment
-    copy.create_system = info.create_system
-    return copy
+def _indent_of(text: bytes) -> int | None:
+    """The indent a JSON text was written with, or None for a single line."""
+    match = re.match(rb"\{\r?\n( +)", text)
+    return len(match.group(1)) if match else None
 
 
 def _read_small(path: Path, limit: int = 256 * 1024 * 1024) -> bytes:
     if path.stat().st_size > limit:
         raise UnsafeFile(f"{path} is larger than {limit} bytes")
     return path.read_bytes()
+
+
+def _is_archive(probe: Probe) -> bool:
+    return probe.head.startswith((ZIP_SIGNATURE, ZIP_EMPTY_SIGNATURE))
+
+
+def _is_folder(probe: Probe) -> bool:
+    return probe.is_dir and (
+        (probe.path / WEIGHTS_FILENAME).exists() or probe.has_file(CONFIG_FILENAME)
+    )
+
+
+def _is_weights(probe: Probe) -> bool:
+    """Any HDF5 file that is not a legacy one, which is tried first."""
+    return probe.is_hdf5
+
+
+def _is_sharded(probe: Probe) -> bool:
+    return probe.head.lstrip()[:1] == b"{"
+
+
+def _opener(kind: str):
+    return lambda path: Keras3File(path, kind)
+
+
+KINDS = [
+    ArtifactKind("keras archive", 10, _is_archive, _opener("archive"), ".keras"),
+    ArtifactKind("keras folder", 30, _is_folder, _opener("folder")),
+    ArtifactKind("keras weights", 41, _is_weights, _opener("weights"), ".weights.h5"),
+    ArtifactKind("keras sharded weights", 50, _is_sharded, _opener("sharded"), ".weights.json"),
+]

@@ -9,14 +9,16 @@ layer: `model_weights/tower/inner_emb/embeddings:0`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from embcli.errors import MalformedFile
+from embcli.errors import MalformedFile, UnsupportedEdit
 from embcli.formats.base import (
     EMBEDDING_SUFFIX,
     EMBEDDING_VARIABLE,
+    Edit,
     FilePlan,
     H5Source,
     ModelFile,
@@ -25,7 +27,9 @@ from embcli.formats.base import (
     numpy_dtype,
     slots_by_shape,
 )
+from embcli.formats.h5rewrite import rewrite_h5
 from embcli.formats.naming import walk_config_layers
+from embcli.formats.registry import ArtifactKind, Probe
 from embcli.guarded import parse_json, read_attr_list, read_attr_text
 
 MODEL_WEIGHTS_GROUP = "model_weights"
@@ -191,6 +195,47 @@ class LegacyH5File(ModelFile):
             checks.append((weight, rows, values))
         return WritePlan(output, [FilePlan(output, self.path, patches=edits, checks=checks)])
 
+    def plan_edit(self, output: Path, edit: Edit, in_place: bool) -> WritePlan:
+        if edit.only_rows:
+            return self.plan_write(output, edit.rows, in_place)
+        if edit.rows or edit.assets or edit.files:
+            raise UnsupportedEdit("a legacy HDF5 file keeps only weights and its config")
+        attributes = None
+        if edit.config is not None:
+            attributes = {MODEL_CONFIG_ATTRIBUTE: json.dumps(edit.config)}
+        source = self._source
+
+        def write(target: Path) -> None:
+            rewrite_h5(source.handle, target, edit.weights, attributes)
+
+        plan = FilePlan(output, self.path, checks=edit.checks, rebuild=write)
+        return WritePlan(output, [plan])
+
+    reshapes_weights = True
+
+    def weights_of(self, table: Table) -> list[str]:
+        owner = table.owner.rsplit("/", 1)[0]
+        for layer, weights in self._layers:
+            paths = [self._join(layer, w) for w in weights]
+            if table.weight in paths:
+                return [
+                    path
+                    for path, weight in zip(paths, weights, strict=True)
+                    if variable_name(weight).rsplit("/", 1)[0] == owner
+                ]
+        return [table.weight]
+
+    def layer_config(self, table: Table, config: dict | None = None) -> dict | None:
+        config = self._config if config is None else config
+        if config is None:
+            return None
+        wanted = tuple(table.qualified.split("/"))
+        layers = walk_config_layers(config)
+        exact = [entry for entry in layers if tuple(dict.fromkeys(entry.path)) == wanted]
+        named = [entry for entry in layers if entry.path[-1] == wanted[-1]]
+        found = exact or (named if len(named) == 1 else [])
+        return found[0].config if found else None
+
     def close(self) -> None:
         self._source.close()
 
@@ -202,3 +247,20 @@ def _names_variable(slot: str, variable: str) -> bool:
         return True
     leaf = slot.rsplit("/", 1)[-1]
     return leaf.startswith(variable.replace("/", "_") + "_")
+
+
+LEGACY_ROOT_MARKERS = frozenset(
+    {
+        MODEL_WEIGHTS_GROUP,
+        LAYER_NAMES_ATTRIBUTE,
+        MODEL_CONFIG_ATTRIBUTE,
+        "keras_version",
+    }
+)
+
+
+def _is_legacy(probe: Probe) -> bool:
+    return probe.is_hdf5 and bool(probe.h5_root_names & LEGACY_ROOT_MARKERS)
+
+
+KINDS = [ArtifactKind("legacy h5", 40, _is_legacy, LegacyH5File)]
