@@ -33,7 +33,7 @@ from environment import (
     fresh_venv,
     machine_info,
 )
-from measure import rss_floor, run_rounds, warm
+from measure import Series, rss_floor, run_rounds, slug, warm
 from models import FORMATS, ensure_models
 from report import (
     HEADERS,
@@ -61,6 +61,17 @@ def interpreters(args: argparse.Namespace) -> tuple[Interpreter, Interpreter]:
         embcli = fresh_venv(REPO, WORK, env)
     keras = Interpreter(args.keras_python or sys.executable, env, "Keras side")
     return embcli.probe(EMBCLI_PACKAGES), keras.probe(KERAS_PACKAGES)
+
+
+def failure_notes(order: list[tuple[str, Series]], logs: Path) -> list[str]:
+    """The last line of stderr of each command that failed, to say why in the results."""
+    notes = []
+    for case, series in order:
+        if series.runs and not series.ok:
+            err = (logs / slug(f"{case}-{series.label}")).with_suffix(".err")
+            lines = err.read_text(errors="replace").strip().splitlines() if err.exists() else []
+            notes.append(f"{case} ({series.label}) failed: {lines[-1] if lines else 'no message'}")
+    return notes
 
 
 def info_lines(info: dict, embcli: Interpreter, keras: Interpreter) -> list[str]:
@@ -96,6 +107,7 @@ def default_benchmark(args: argparse.Namespace, selected: list[str]) -> tuple[in
     print(f"{len(plan.cases)} cases x {args.repeat} runs; model {args.rows} x {args.dim}")
     print(f"embcli: {embcli.python} ({embcli.versions_line()})", flush=True)
     run_rounds(order, args.repeat, keras.env, logs)
+    plan.notes.extend(failure_notes(order, logs))
     if not args.no_verify:
         plan.notes.extend(verify(plan))
     if not args.keep_outputs:
