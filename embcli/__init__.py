@@ -28,6 +28,8 @@ __all__ = [
     "errors",
     "open",
     "recover",
+    "remap",
+    "rename_tokens",
     "resize",
 ]
 
@@ -39,11 +41,14 @@ _LAZY = {
     "AssignResult": "embcli.api",
     "Table": "embcli.formats.base",
     "resize": "embcli.resizing",
+    "remap": "embcli.remapping",
+    "rename_tokens": "embcli.remapping",
 }
 
 if TYPE_CHECKING:
     from embcli.api import AssignResult, Model, assign, open, recover
     from embcli.formats.base import Table
+    from embcli.remapping import remap, rename_tokens
     from embcli.resizing import resize
 
 

@@ -371,7 +371,7 @@ def _vectors(values: Any, key: str | None, table: Table, count: int, whole: bool
 
     if isinstance(values, (str, os.PathLike)):
         source = Path(values)
-        array = load_vectors(source, key)
+        array = load_vectors(source, key, dim=table.dim)
         what = source.name
     else:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from embcli import __version__
-from embcli.commands import assign, audit, read, resize
+from embcli.commands import assign, audit, read, resize, vocab
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -33,13 +33,25 @@ class EmbcliGroup(click.Group):
 
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            from embcli.output import BROKEN_PIPE_STATUS, silence_stdout
+
+            silence_stdout()
+            ctx.exit(BROKEN_PIPE_STATUS)
         except EmbcliError as exc:
-            raise click.ClickException(exc.explain(CLI_REMEDIES)) from None
+            raise click.ClickException(_printable(exc.explain(CLI_REMEDIES))) from None
         except OSError as exc:
             where = f": {exc.filename}" if exc.filename else ""
-            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+            raise click.ClickException(_printable(f"{exc.strerror or exc}{where}")) from None
         except MemoryError:
             raise click.ClickException("out of memory") from None
+
+
+def _printable(message: str) -> str:
+    """An error message with control characters escaped, safe to show on a terminal."""
+    from embcli.output import terminal_text
+
+    return terminal_text(message)
 
 
 @click.group(cls=EmbcliGroup, context_settings=CONTEXT_SETTINGS)
@@ -56,6 +68,6 @@ def cli() -> None:
     """
 
 
-for module in (read, assign, resize, audit):
+for module in (read, assign, resize, vocab, audit):
     for command in module.COMMANDS:
         cli.add_command(command)

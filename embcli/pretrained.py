@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from embcli.errors import BadVectors
+from embcli.guarded import open_regular
 from embcli.vocab import Vocabulary
 
 GLOVE = "glove"
@@ -33,6 +34,7 @@ SNIFF_BYTES = 1024 * 1024
 SNIFF_LINES = 100
 MAX_TOKEN_BYTES = 1024 * 1024
 UNMATCHED_SAMPLE = 10
+UTF8_BOM = b"\xef\xbb\xbf"
 _HEADER = re.compile(rb"\s*(\d+)[ \t]+(\d+)\s*")
 
 
@@ -82,13 +84,10 @@ def detect_format(path: Path) -> str:
 
 
 def _head(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(SNIFF_BYTES)
-    except IsADirectoryError:
-        raise BadVectors(f"{path}: is a folder, not a vector file") from None
-    except FileNotFoundError:
-        raise BadVectors(f"{path}: no such file") from None
+    """The file's first bytes, after a UTF-8 byte order mark if it starts with one."""
+    with open_regular(path, error=BadVectors) as handle:
+        head = handle.read(SNIFF_BYTES + len(UTF8_BOM))
+    head = head[len(UTF8_BOM) :] if head.startswith(UTF8_BOM) else head[:SNIFF_BYTES]
     if not head.strip():
         raise BadVectors(f"{path.name}: the file is empty")
     return head
@@ -155,11 +154,13 @@ def read_token_vectors(
         raise BadVectors(
             f"{path.name} holds {file_dim}-dimensional vectors; the table has dim {dim}"
         )
-    with open(path, "rb") as handle:
-        handle.seek(skip)
-        if fmt == WORD2VEC_BINARY:
-            count = int(_HEADER.fullmatch(head.partition(b"\n")[0]).group(1))
-            scan = _BinaryScan(path, wanted, file_dim, count)
+    with open_regular(path, error=BadVectors) as handle:
+        bom = len(UTF8_BOM) if handle.read(len(UTF8_BOM)) == UTF8_BOM else 0
+        handle.seek(bom + skip)
+        scan: _BinaryScan | _TextScan
+        header = _HEADER.fullmatch(head.partition(b"\n")[0])
+        if fmt == WORD2VEC_BINARY and header is not None:
+            scan = _BinaryScan(path, wanted, file_dim, int(header.group(1)))
         else:
             scan = _TextScan(path, wanted, file_dim, separator)
         scan.run(_Counted(handle, progress) if progress else handle)
@@ -273,6 +274,8 @@ class _TextScan:
                 raise BadVectors(
                     f"{self.path.name}: the vector for {shown!r} is not {self.dim} numbers"
                 )
+        if position is None:
+            return
         if position in self.found:
             self.duplicates += 1
         else:

@@ -4,6 +4,7 @@ Token-keyed files for `assign --by-token` are read by `embcli.pretrained`."""
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import zipfile
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from embcli.errors import BadVectors, UnsupportedFormat
-from embcli.guarded import ZIP_ERRORS, check_archive, check_directory_size
+from embcli.guarded import ZIP_ERRORS, check_archive, check_directory_size, open_regular
 from embcli.output import number_text
 
 EXPORT_FORMATS = {
@@ -28,6 +29,9 @@ METADATA_SUFFIX = "metadata"
 VECTORS_STEM = "vectors"
 EMPTY_TOKEN = "<empty>"
 MAX_NPY_HEADER = 64 * 1024
+TEXT_CHUNK_VALUES = 1 << 16
+READ_BLOCK_BYTES = 16 * 1024 * 1024
+BOM = "\ufeff"
 NUMERIC_KINDS = "fiub"
 
 Blocks = Callable[[], Iterator[tuple[int, np.ndarray]]]
@@ -42,11 +46,13 @@ def export_format(path: Path) -> str:
         ) from None
 
 
-def _npy_header(handle, shape: tuple[int, ...], dtype: np.dtype) -> None:
+def write_npy_header(handle, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """The `.npy` header of a C-order array, version 1.0 unless the shape needs 2.0."""
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
-    np.lib.format.write_array_header_2_0(handle, header) if _needs_v2(
-        shape
-    ) else np.lib.format.write_array_header_1_0(handle, header)
+    if _needs_v2(shape):
+        np.lib.format.write_array_header_2_0(handle, header)
+    else:
+        np.lib.format.write_array_header_1_0(handle, header)
 
 
 def _needs_v2(shape: tuple[int, ...]) -> bool:
@@ -57,9 +63,9 @@ def write_npy(
     handle, shape: tuple[int, ...], dtype: np.dtype, blocks: Iterable[tuple[int, np.ndarray]]
 ) -> None:
     """Stream blocks of rows into an `.npy` file handle."""
-    _npy_header(handle, shape, dtype)
+    write_npy_header(handle, shape, dtype)
     for _, block in blocks:
-        handle.write(memoryview(np.ascontiguousarray(block, dtype=dtype)).cast("B"))
+        handle.write(np.ascontiguousarray(block, dtype=dtype).data.cast("B"))
         del block
 
 
@@ -73,8 +79,8 @@ def write_npz(path: Path, tables: Sequence[tuple[str, tuple[int, ...], np.dtype,
 
 def write_projector_tsv(handle, blocks: Iterable[tuple[int, np.ndarray]]) -> None:
     """TensorBoard projector vectors: one row a line, values separated by tabs."""
-    for _, block in blocks:
-        handle.write("".join("\t".join(number_text(v) for v in row) + "\n" for row in block))
+    for start, block in blocks:
+        _write_text_rows(handle, start, block, "\t", None)
 
 
 def write_word2vec_text(
@@ -87,12 +93,36 @@ def write_word2vec_text(
     the row index stands for the token."""
     handle.write(f"{shape[0]} {shape[1]}\n")
     for start, block in blocks:
-        lines = []
-        for offset, row in enumerate(block):
-            index = start + offset
-            token = tokens[index] if tokens is not None else str(index)
-            lines.append(_w2v_token(token) + " " + " ".join(number_text(v) for v in row) + "\n")
-        handle.write("".join(lines))
+        _write_text_rows(handle, start, block, " ", tokens)
+
+
+def _write_text_rows(
+    handle, start: int, block: np.ndarray, separator: str, tokens: Sequence[str] | None
+) -> None:
+    """Rows as text lines, written `TEXT_CHUNK_VALUES` values at a time at most, so that
+    the text held at once stays small however many rows or columns the block has."""
+    dim = block.shape[1] if block.ndim == 2 else 1
+    block = block.reshape(len(block), dim)
+
+    def label(index: int) -> str:
+        return _w2v_token(tokens[index] if tokens is not None else str(index)) + " "
+
+    if dim <= TEXT_CHUNK_VALUES:
+        step = max(1, TEXT_CHUNK_VALUES // max(dim, 1))
+        for at in range(0, len(block), step):
+            lines = []
+            for offset, row in enumerate(block[at : at + step]):
+                prefix = label(start + at + offset) if separator == " " else ""
+                lines.append(prefix + separator.join(number_text(v) for v in row) + "\n")
+            handle.write("".join(lines))
+        return
+    for offset, row in enumerate(block):
+        if separator == " ":
+            handle.write(label(start + offset))
+        for at in range(0, dim, TEXT_CHUNK_VALUES):
+            piece = separator.join(number_text(v) for v in row[at : at + TEXT_CHUNK_VALUES])
+            handle.write(piece if at == 0 else separator + piece)
+        handle.write("\n")
 
 
 def write_word2vec_binary(
@@ -106,12 +136,23 @@ def write_word2vec_binary(
     handle.write(f"{shape[0]} {shape[1]}\n".encode())
     for start, block in blocks:
         block = np.ascontiguousarray(block, dtype="<f4")
-        records = []
-        for offset, row in enumerate(block):
-            index = start + offset
-            token = tokens[index] if tokens is not None else str(index)
-            records.append(_w2v_token(token).encode("utf-8") + b" " + row.tobytes() + b"\n")
-        handle.write(b"".join(records))
+        if block.shape[1] > TEXT_CHUNK_VALUES:
+            for offset, row in enumerate(block):
+                token = tokens[start + offset] if tokens is not None else str(start + offset)
+                handle.write(_w2v_token(token).encode("utf-8") + b" ")
+                handle.write(row.data.cast("B"))
+                handle.write(b"\n")
+            continue
+        step = max(1, TEXT_CHUNK_VALUES // max(block.shape[1], 1))
+        for at in range(0, len(block), step):
+            records: list[bytes | memoryview] = []
+            for offset, row in enumerate(block[at : at + step]):
+                index = start + at + offset
+                token = tokens[index] if tokens is not None else str(index)
+                records.append(_w2v_token(token).encode("utf-8") + b" ")
+                records.append(row.data.cast("B"))
+                records.append(b"\n")
+            handle.write(b"".join(records))
 
 
 def _w2v_token(token: str) -> str:
@@ -139,29 +180,59 @@ def write_metadata_tsv(handle, tokens: Sequence[str]) -> None:
 # Reading vectors for `assign --from` ---------------------------------------------------
 
 
-def load_vectors(path: Path, key: str | None = None) -> np.ndarray:
-    """A 2-D array of numbers from `.npy`, `.npz` or plain-number text. Never unpickles."""
-    if not path.is_file():
-        raise BadVectors(f"{path}: no such file")
+def load_vectors(
+    path: Path, key: str | None = None, *, rows: int | None = None, dim: int | None = None
+) -> np.ndarray:
+    """A 2-D array of numbers from `.npy`, `.npz` or plain-number text. Never unpickles.
+
+    Args:
+        path: the vector file; it must be a regular file (never a FIFO or device).
+        key: the array to take from an `.npz` holding several.
+        rows: the number of vectors required, when known.
+        dim: the vector length required, when known.
+
+    `.npy` and `.npz` shapes are checked against `rows` and `dim`, and against the bytes
+    the file or member holds, from their header before any data is read.
+    """
+    path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        with open(path, "rb") as handle:
-            array = _read_npy(handle, path.name, os.fstat(handle.fileno()).st_size)
-    elif suffix == ".npz":
-        array = _read_npz(path, key)
-    elif suffix in (".csv", ".tsv", ".txt"):
-        array = _read_text(path, "," if suffix == ".csv" else None)
-    else:
+    if suffix not in (".npy", ".npz", ".csv", ".tsv", ".txt"):
         raise BadVectors(f"{path.name}: use .npy, .npz, .csv, .tsv or .txt vectors")
+    with open_regular(path, error=BadVectors) as handle:
+        if suffix == ".npy":
+            size = os.fstat(handle.fileno()).st_size
+            array = _read_npy(handle, path.name, size, rows, dim)
+        elif suffix == ".npz":
+            array = _read_npz(handle, path.name, key, rows, dim)
+        else:
+            delimiter = "," if suffix == ".csv" else None
+            array = _read_text(handle, path.name, delimiter, rows, dim)
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2:
         raise BadVectors(f"{path.name}: expected one vector per row, got shape {array.shape}")
+    _check_shape(path.name, array.shape, rows, dim)
     return array
 
 
-def _read_npy(handle, what: str, size: int) -> np.ndarray:
-    """An array from an `.npy` stream of `size` bytes whose data must fill the rest of it."""
+def _check_shape(what: str, shape: tuple[int, ...], rows: int | None, dim: int | None) -> None:
+    """Refuse a shape that does not give `rows` vectors of length `dim`."""
+    if len(shape) not in (1, 2):
+        raise BadVectors(f"{what}: expected one vector per row, got shape {shape}")
+    found_rows, found_dim = (1, shape[0]) if len(shape) == 1 else shape
+    if dim is not None and found_dim != dim:
+        raise BadVectors(f"{what}: vectors have {found_dim} values each; the table has dim {dim}")
+    if rows is not None and found_rows != rows:
+        raise BadVectors(f"{what} holds {found_rows} vectors; {rows} are needed")
+
+
+def _read_npy(
+    handle, what: str, size: int, rows: int | None = None, dim: int | None = None
+) -> np.ndarray:
+    """An array from an `.npy` stream of `size` bytes whose data must fill the rest of it.
+
+    The header alone is checked (dtype, shape against `rows` and `dim`, and the data's
+    size against `size`) before the data is read, straight into the array."""
     try:
         version = np.lib.format.read_magic(handle)
         if version == (1, 0):
@@ -179,71 +250,95 @@ def _read_npy(handle, what: str, size: int) -> np.ndarray:
         raise BadVectors(f"{what}: not a valid .npy file ({reason})") from None
     if dtype.hasobject or dtype.fields is not None or dtype.kind not in NUMERIC_KINDS:
         raise BadVectors(f"{what}: holds {dtype} values; only plain numbers are accepted")
+    _check_shape(what, tuple(shape), rows, dim)
     count = math.prod(shape)
     if count * dtype.itemsize != size - handle.tell():
         raise BadVectors(f"{what}: the data does not match its declared shape {shape}")
-    data = handle.read(count * dtype.itemsize + 1)
-    if len(data) != count * dtype.itemsize:
+    array = np.empty(count, dtype=dtype)
+    target = array.data.cast("B")
+    done = 0
+    while done < len(target):
+        got = handle.readinto(target[done : done + READ_BLOCK_BYTES])
+        if not got:
+            break
+        done += got
+    if done != len(target) or handle.read(1):
         raise BadVectors(f"{what}: the data does not match its declared shape {shape}")
-    array = np.frombuffer(data, dtype=dtype, count=count)
     return array.reshape(shape, order="F" if fortran else "C")
 
 
-def _read_npz(path: Path, key: str | None) -> np.ndarray:
-    with open(path, "rb") as handle:
-        check_directory_size(handle.fileno(), os.fstat(handle.fileno()).st_size)
+def _read_npz(handle, name: str, key: str | None, rows: int | None, dim: int | None) -> np.ndarray:
+    size = os.fstat(handle.fileno()).st_size
+    check_directory_size(handle.fileno(), size)
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(handle)
     except ZIP_ERRORS as exc:
-        raise BadVectors(f"{path.name}: not a valid .npz file ({exc})") from None
+        raise BadVectors(f"{name}: not a valid .npz file ({exc})") from None
     with archive:
-        check_archive(archive, path.stat().st_size)
+        check_archive(archive, size)
         keys = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
         if key is None:
             if len(keys) != 1:
                 raise BadVectors(
-                    f"{path.name} holds {len(keys)} arrays",
+                    f"{name} holds {len(keys)} arrays",
                     remedy="npz_key",
                     detail=f": {', '.join(keys)}",
                 )
             key = keys[0]
         if key not in keys:
-            raise BadVectors(f"{path.name} has no array {key!r}; it has: {', '.join(keys)}")
+            raise BadVectors(f"{name} has no array {key!r}; it has: {', '.join(keys)}")
         info = archive.getinfo(f"{key}.npy")
         try:
             with archive.open(info) as member:
-                return _read_npy(member, f"{path.name}[{key}]", info.file_size)
+                return _read_npy(member, f"{name}[{key}]", info.file_size, rows, dim)
         except ZIP_ERRORS as exc:
-            raise BadVectors(f"{path.name}[{key}]: cannot be read ({exc})") from None
+            raise BadVectors(f"{name}[{key}]: cannot be read ({exc})") from None
 
 
-def _read_text(path: Path, delimiter: str | None) -> np.ndarray:
-    rows = []
+def _read_text(
+    handle, name: str, delimiter: str | None, rows: int | None = None, dim: int | None = None
+) -> np.ndarray:
+    """Plain numbers, one vector a line; a leading UTF-8 byte order mark is skipped.
+
+    Lines are gathered into float64 blocks as they are read; a line of the wrong length,
+    or more lines than `rows`, is refused when it is met."""
+    blocks: list[np.ndarray] = []
+    pending: list[list[float]] = []
+    count = 0
     width = None
     try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                parts = line.replace("\t", " ").split(delimiter) if delimiter else line.split()
-                parts = [p.strip() for p in parts if p.strip()]
-                if not parts:
-                    continue
-                try:
-                    row = [_parse_number(p) for p in parts]
-                except ValueError:
-                    raise BadVectors(
-                        f"{path.name}, line {number}: not a number: {parts[0][:40]!r}"
-                    ) from None
-                if width is not None and len(row) != width:
-                    raise BadVectors(
-                        f"{path.name}, line {number}: {len(row)} values, expected {width}"
-                    )
-                width = len(row)
-                rows.append(row)
+        text = io.TextIOWrapper(handle, encoding="utf-8-sig")
+        for number, line in enumerate(text, start=1):
+            parts = line.replace("\t", " ").split(delimiter) if delimiter else line.split()
+            parts = [p.strip() for p in parts if p.strip()]
+            if not parts:
+                continue
+            try:
+                row = [_parse_number(p) for p in parts]
+            except ValueError:
+                raise BadVectors(
+                    f"{name}, line {number}: not a number: {parts[0][:40]!r}"
+                ) from None
+            if width is not None and len(row) != width:
+                raise BadVectors(f"{name}, line {number}: {len(row)} values, expected {width}")
+            if width is None:
+                _check_shape(name, (len(row),), None, dim)
+            width = len(row)
+            count += 1
+            if rows is not None and count > rows:
+                raise BadVectors(f"{name} holds more than {rows} vectors; {rows} are needed")
+            pending.append(row)
+            if len(pending) * width >= TEXT_CHUNK_VALUES:
+                blocks.append(np.array(pending, dtype=np.float64))
+                pending = []
+        text.detach()
     except UnicodeDecodeError as exc:
-        raise BadVectors(f"{path.name}: not UTF-8 text ({exc.reason})") from None
-    if not rows:
-        raise BadVectors(f"{path.name}: holds no vectors")
-    return np.array(rows, dtype=np.float64)
+        raise BadVectors(f"{name}: not UTF-8 text ({exc.reason})") from None
+    if pending:
+        blocks.append(np.array(pending, dtype=np.float64))
+    if not blocks:
+        raise BadVectors(f"{name}: holds no vectors")
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
 def _parse_number(text: str) -> float:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from embcli.errors import BadVocabulary, UnsupportedEdit
+from embcli.token_lists import token_list_text
 from embcli.vocab import INTEGER_LOOKUP, LOOKUP_CLASSES, Vocabulary
 
 CONFIG_SOURCE = "config:"
@@ -52,23 +53,35 @@ def change_vocabulary(
         config: a copy of the model's config, changed here in place.
         asset: the current bytes of the asset the vocabulary came from, if it did.
     """
-    change = VocabularyChange()
     if keep < vocabulary.specials:
         raise UnsupportedEdit(f"the first {vocabulary.specials} rows hold the special tokens")
+    return replace_vocabulary(vocabulary, vocabulary.tokens[:keep] + list(added), config, asset)
+
+
+def replace_vocabulary(
+    vocabulary: Vocabulary, tokens: list[str], config: dict | None, asset: bytes | None = None
+) -> VocabularyChange:
+    """Make `tokens` (one a row, special rows included) the vocabulary, wherever
+    `vocabulary` lives. The special rows must stay where the lookup layer puts them."""
+    change = VocabularyChange()
     if vocabulary.source.startswith(FILE_SOURCE):
-        change.file_text = "".join(f"{t}\n" for t in vocabulary.tokens[:keep] + added)
+        change.file_text = token_list_text(tokens)
         return change
+    specials = vocabulary.tokens[: vocabulary.specials]
+    if tokens[: len(specials)] != specials:
+        raise UnsupportedEdit(
+            f"the first {len(specials)} rows must hold the lookup layer's special tokens "
+            f"({', '.join(repr(t) for t in specials)})"
+        )
     layer = _lookup_layer(config, vocabulary.layer) if config is not None else None
     if layer is None:
         raise UnsupportedEdit(f"cannot find where the model keeps {vocabulary.source}")
     path, entry = layer
-    values = _values(added, entry)
     if vocabulary.source.startswith(CONFIG_SOURCE):
         inline = entry["config"]["vocabulary"]
-        offset = _offset(inline, vocabulary)
-        new = inline[: keep - offset] + values
-        change.config.append((f"{path}/config/vocabulary", len(inline), len(new)))
-        entry["config"]["vocabulary"] = new
+        stored = _values(tokens[_offset(inline, vocabulary) :], entry)
+        change.config.append((f"{path}/config/vocabulary", len(inline), len(stored)))
+        entry["config"]["vocabulary"] = stored
     elif vocabulary.source.startswith(ASSET_SOURCE):
         if asset is None:
             raise UnsupportedEdit(f"cannot read {vocabulary.source}")
@@ -77,16 +90,14 @@ def change_vocabulary(
             lines = asset.decode("utf-8").split("\n")
         except UnicodeDecodeError:
             raise BadVocabulary(f"assets/{name} is not UTF-8 text") from None
-        while lines and lines[-1] == "":
-            lines.pop()
-        offset = _offset(lines, vocabulary)
-        change.assets[name] = "\n".join(lines[: keep - offset] + [str(v) for v in values]).encode()
+        stored = _values(tokens[_offset(lines, vocabulary) :], entry)
+        change.assets[name] = "\n".join(str(v) for v in stored).encode()
     else:
         raise UnsupportedEdit(f"cannot change a vocabulary from {vocabulary.source}")
-    size = keep + len(added)
+    size = len(tokens)
     inner = entry["config"]
     for key in SIZE_KEYS:
-        if isinstance(inner.get(key), int):
+        if isinstance(inner.get(key), int) and inner[key] != size:
             change.config.append((f"{path}/config/{key}", inner[key], size))
             inner[key] = size
     limit = inner.get("max_tokens")

@@ -33,7 +33,7 @@ CASES = [
         "width.npy",
         np.zeros((2, 5), np.float32),
         ["--rows", "1,2"],
-        "vectors have 5 values each; words has dim 8",
+        "width.npy: vectors have 5 values each; the table has dim 8",
     ),
     ("ok.npy", np.zeros((2, 8), np.float32), ["--rows", "1,1"], "rows given more than once: 1"),
     (

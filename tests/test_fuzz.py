@@ -329,3 +329,85 @@ def test_mutated_keras_metadata_fails_only_with_embcli_errors(scratch):
             pass
 
     check()
+
+
+def _vector_bases() -> dict[str, bytes]:
+    """Small good vector files of each kind `assign --from` and `--by-token` read."""
+    values = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    npy = io.BytesIO()
+    np.save(npy, values)
+    npz = io.BytesIO()
+    np.savez_compressed(npz, v=values)
+    return {
+        "v.npy": npy.getvalue(),
+        "v.npz": npz.getvalue(),
+        "v.csv": b"\xef\xbb\xbf1,2,3,4\n5,6,7,8\n",
+        "glove.txt": b"the 0.1 0.2 0.3 0.4\nof 1 2 3 4\n",
+        "w2v.bin": b"2 4\nthe " + values[0].tobytes() + b"\nof " + values[1].tobytes() + b"\n",
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_vector_bases()))
+def test_mutated_vector_files_fail_only_with_embcli_errors(name, scratch):
+    from embcli.pretrained import read_token_vectors
+    from embcli.vectors import load_vectors
+
+    data = _vector_bases()[name]
+    path = scratch / name
+
+    @settings(
+        max_examples=EXAMPLES_PER_BASE,
+        deadline=timedelta(seconds=10),
+        derandomize=True,
+        database=None,
+    )
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["set", "flip", "truncate", "insert", "delete"]),
+                st.integers(0, len(data) - 1),
+                st.one_of(st.sampled_from(INTERESTING), st.binary(min_size=1, max_size=8)),
+            ),
+            min_size=1,
+            max_size=6,
+        )
+    )
+    def check(operations):
+        operations = [
+            (kind, at, arg if kind in ("set", "insert") else len(arg) % 8)
+            for kind, at, arg in operations
+        ]
+        path.write_bytes(mutate(data, operations))
+        try:
+            if name.endswith((".txt", ".bin")):
+                read_token_vectors(path, ["the", "of"])
+            else:
+                load_vectors(path, rows=2 if name == "v.csv" else 3, dim=4)
+        except EmbcliError:
+            pass
+
+    check()
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(st.text(max_size=40), st.integers(0, 10_000))
+def test_any_row_spec_is_parsed_or_refused_cleanly(spec, rows):
+    from embcli.errors import BadRowSpec
+    from embcli.rowspec import parse_rows
+
+    try:
+        indices = parse_rows([spec], rows)
+    except BadRowSpec:
+        return
+    assert len(indices) == 0 or (0 <= indices.min() and indices.max() < rows)
+
+
+@settings(max_examples=200, derandomize=True, database=None)
+@given(st.binary(max_size=200) | st.text(max_size=200))
+def test_any_json_text_is_parsed_or_refused_cleanly(text):
+    from embcli.guarded import parse_json
+
+    try:
+        parse_json(text, "config.json")
+    except EmbcliError:
+        pass

@@ -77,6 +77,8 @@ REQUIRED_CASES = {
     "vectors_non_utf8_txt",
     "vectors_huge_header",
     "vectors_pickle_npz",
+    "config_inflates_past_bound",
+    "config_too_many_containers",
 }
 UNSAFE_CASES = re.compile(
     r"link|virtual|external_storage|shape_bomb|hard_link_twice|member_(traversal|absolute|"

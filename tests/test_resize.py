@@ -432,3 +432,24 @@ def test_keras_30_reloads_its_resized_file(tmp_path):
     np.testing.assert_array_equal(
         reloaded["positions"], computed(FIXTURES / "k30_functional.keras", "positions")
     )
+
+
+@pytest.mark.tensorflow
+def test_checkpoint_table_and_slots_are_resized(tmp_path):
+    import tensorflow as tf
+
+    output = tmp_path / "ckpt"
+    result = embcli.resize(FIXTURES / "tfk_ckpt" / "ckpt", "word_emb", add=3, output=output)
+    assert result.notes and result.new_rows == result.old_rows + 3
+    reader = tf.train.load_checkpoint(str(output))
+    before = tf.train.load_checkpoint(str(FIXTURES / "tfk_ckpt" / "ckpt"))
+    grown = [k for k in result.resized]
+    assert len(grown) == 3  # the table and Adam's two slots
+    for key in grown:
+        old, new = before.get_tensor(key), reader.get_tensor(key)
+        assert new.shape == (old.shape[0] + 3, old.shape[1])
+        assert new[: old.shape[0]].tobytes() == old.tobytes()
+    for key in before.get_variable_to_shape_map():
+        if key not in grown:
+            old, new = before.get_tensor(key), reader.get_tensor(key)
+            assert np.asarray(old).tobytes() == np.asarray(new).tobytes(), key

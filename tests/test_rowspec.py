@@ -1,10 +1,15 @@
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from embcli.errors import BadRowSpec
-from embcli.rowspec import parse_rows
+from embcli.rowspec import ascii_integer, parse_rows
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 @pytest.mark.parametrize(
@@ -83,3 +88,64 @@ def test_result_is_int64_in_range(nrows, parts):
     got = parse_rows([slice_text(p) for p in parts], nrows)
     assert got.dtype == np.int64
     assert ((got >= 0) & (got < nrows)).all()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["\u0663", "1\u0663", "\u0661:\u0663", "\uff11", "\u09e9", "1:\u0663", "\U0001d7d9"],
+)
+def test_unicode_digits_are_not_row_numbers(spec):
+    with pytest.raises(BadRowSpec, match="not a row index or slice"):
+        parse_rows([spec], 10)
+
+
+@pytest.mark.parametrize("spec", ["9" * 5000, "-" + "9" * 5000, "0:" + "9" * 5000, "1" * 19])
+def test_long_row_numbers_are_refused_in_one_line(spec):
+    with pytest.raises(BadRowSpec) as caught:
+        parse_rows([spec], 10)
+    message = str(caught.value)
+    assert message.startswith("row numbers have at most 18 digits: ")
+    assert len(message) < 120
+
+
+def test_eighteen_digits_are_a_row_number():
+    with pytest.raises(BadRowSpec, match="row 999999999999999999 is out of range"):
+        parse_rows(["9" * 18], 10)
+    assert parse_rows(["0:" + "9" * 18], 3).tolist() == [0, 1, 2]
+
+
+def test_a_slice_of_a_huge_table_is_built_from_its_bounds():
+    assert parse_rows(["-2:"], 10**15).tolist() == [10**15 - 2, 10**15 - 1]
+
+
+@pytest.mark.parametrize("row", ["9" * 5000, "\u0663"])
+def test_cli_refuses_bad_row_numbers_in_one_line(row):
+    from click.testing import CliRunner
+
+    from embcli.cli import cli
+
+    model = str(FIXTURES / "k3_functional.keras")
+    result = CliRunner().invoke(cli, ["rows", model, "-l", "words", row])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ")
+    assert result.output.count("\n") == 1
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("text", "value"), [("3", 3), (" -12 ", -12), ("+7", 7), ("0", 0)])
+def test_ascii_integer_reads_ascii_digits(text, value):
+    assert ascii_integer(text) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("\u0663", "not a count: '\u0663'"),
+        ("1.5", "not a count: '1.5'"),
+        ("", "not a count: ''"),
+        ("9" * 30, "a count has at most 18 digits"),
+    ],
+)
+def test_ascii_integer_refuses_the_rest(text, message):
+    with pytest.raises(BadRowSpec, match=re.escape(message)):
+        ascii_integer(text, "count")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -17,6 +18,10 @@ from embcli.commands.options import (
     terminal_progress,
     vocab_options,
 )
+
+if TYPE_CHECKING:
+    from embcli.audit import TableDiff
+    from embcli.formats.base import Table
 
 PROGRESS_VALUES = 10**7
 METRIC_NAMES = ("cosine", "dot", "l2")
@@ -38,6 +43,23 @@ STATS_COLUMNS = (
 )
 _ROW_INDEX = re.compile(r"^[+-]?\d+$")
 
+
+class Limit(click.FloatRange):
+    """A float of at least 0 that is a number: NaN is refused, and Inf unless allowed."""
+
+    def __init__(self, allow_inf: bool = True) -> None:
+        super().__init__(min=0)
+        self.allow_inf = allow_inf
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        if math.isinf(number) and not self.allow_inf:
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 only_layer_option = click.option(
     "-l",
@@ -50,7 +72,7 @@ only_layer_option = click.option(
 
 
 @contextmanager
-def progress(tables: list, label: str) -> Iterator[Callable[[int], None] | None]:
+def progress(tables: list[Table], label: str) -> Iterator[Callable[[int], None] | None]:
     """A progress bar on stderr over the tables' rows, for long work on a terminal only."""
     values = sum(t.rows * t.dim for t in tables)
     rows = sum(t.rows for t in tables)
@@ -108,7 +130,7 @@ def stats(model: str, layer: str | None, as_json: bool) -> None:
 @only_layer_option
 @click.option(
     "--max-norm",
-    type=click.FloatRange(min=0),
+    type=Limit(),
     metavar="X",
     help="Fail when a row's L2 norm is above X.",
 )
@@ -119,6 +141,12 @@ def stats(model: str, layer: str | None, as_json: bool) -> None:
     help="Fail when a table has more than N all-zero rows.",
 )
 @click.option("--no-duplicates", is_flag=True, help="Fail when a row repeats an earlier row.")
+@click.option(
+    "--vocab-consistent",
+    is_flag=True,
+    help="Fail when a table's vocabulary (the model's own) has another number of tokens "
+    "than the table has rows, or repeats a token.",
+)
 @json_option
 def check(
     model: str,
@@ -126,6 +154,7 @@ def check(
     max_norm: float | None,
     max_zero_rows: int | None,
     no_duplicates: bool,
+    vocab_consistent: bool,
     as_json: bool,
 ) -> None:
     """Check every embedding table (or the one -l names) for rows holding NaN or Inf,
@@ -136,6 +165,7 @@ def check(
     Example:
         embcli check model.keras
         embcli check model.keras --max-norm 10 --max-zero-rows 1 --no-duplicates
+        embcli check model.keras --vocab-consistent
     """
     from embcli.audit import audited_tables
     from embcli.audit import check as check_tables
@@ -151,6 +181,7 @@ def check(
                 max_norm=max_norm,
                 max_zero_rows=max_zero_rows,
                 no_duplicates=no_duplicates,
+                vocab_consistent=vocab_consistent,
                 progress=update,
             )
     if as_json:
@@ -166,14 +197,13 @@ def check(
         click.get_current_context().exit(1)
 
 
-def diff_line(result) -> str:
+def diff_line(result: TableDiff) -> str:
     """One line of `diff` text output for a table that differs."""
-    name = result.name
-    if result.status == "only_in_a":
+    name, a, b = result.name, result.a, result.b
+    if b is None:
         return f"{name}: only in A"
-    if result.status == "only_in_b":
+    if a is None:
         return f"{name}: only in B"
-    a, b = result.a, result.b
     if result.status == "shape_changed":
         return f"{name}: shape {a.rows}x{a.dim} -> {b.rows}x{b.dim}"
     parts = []
@@ -199,7 +229,7 @@ def diff_line(result) -> str:
 @only_layer_option
 @click.option(
     "--atol",
-    type=click.FloatRange(min=0),
+    type=Limit(allow_inf=False),
     default=0.0,
     metavar="X",
     help="Count a value as changed only when it moved by more than X "
@@ -221,7 +251,9 @@ def diff(model_a: str, model_b: str, layer: str | None, atol: float, as_json: bo
     try:
         results = _diff(model_a, model_b, layer, atol)
     except EmbcliError as exc:
-        _fail(str(exc))
+        from embcli.cli import CLI_REMEDIES
+
+        _fail(exc.explain(CLI_REMEDIES))
     except OSError as exc:
         _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
     except MemoryError:
@@ -237,42 +269,25 @@ def diff(model_a: str, model_b: str, layer: str | None, atol: float, as_json: bo
         if differing:
             click.echo(f"{len(differing)} of {plural(len(results), 'table')} differ")
         else:
-            rows = sum(r.a.rows for r in results)
+            rows = sum(r.a.rows for r in results if r.a is not None)
             click.echo(f"same: {plural(len(results), 'table')}, {plural(rows, 'row')} compared")
     if any(r.differs for r in results):
         click.get_current_context().exit(1)
 
 
-def _diff(model_a: str, model_b: str, layer: str | None, atol: float) -> list:
-    from embcli.audit import diff_tables, match_tables
+def _diff(model_a: str, model_b: str, layer: str | None, atol: float) -> list[TableDiff]:
+    from embcli.audit import compared_tables, diff_pairs, match_tables
     from embcli.model import open_model
 
     with open_model(model_a) as opened_a, open_model(model_b) as opened_b:
         pairs = match_tables(opened_a, opened_b, layer)
-        compared = [a for _, a, b in pairs if a and b and a.shape == b.shape]
-        with progress(compared, "diff") as update:
-            return [
-                diff_tables(opened_a, a, opened_b, b, name=name, atol=atol, progress=update)
-                for name, a, b in pairs
-            ]
+        with progress(compared_tables(pairs), "diff") as update:
+            return diff_pairs(opened_a, opened_b, pairs, atol=atol, progress=update)
 
 
 def _fail(message: str) -> NoReturn:
     click.echo(f"Error: {message}", err=True)
     click.get_current_context().exit(2)
-
-
-def query_row(table, row: str | None, token: str | None, vocabulary) -> int:
-    """The row `neighbors` asks about: ROW (an index, maybe negative) or --token WORD."""
-    from embcli.errors import NoVocabulary
-    from embcli.rowspec import parse_rows
-    from embcli.vocab import token_rows
-
-    if token is None:
-        return int(parse_rows([row], table.rows)[0])
-    if vocabulary is None:
-        raise NoVocabulary(f"no vocabulary is known for {table.name}", remedy="vocab")
-    return int(token_rows(vocabulary, table, [token])[0])
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -320,10 +335,10 @@ def neighbors(
         embcli neighbors model.keras -l words --token cat -k 5 --metric l2 --json
     """
     from embcli.audit import neighbors as nearest_rows
+    from embcli.audit import query_row, query_vocabulary
     from embcli.commands.read import token_text
     from embcli.model import find_table, open_model
     from embcli.output import aligned, to_json
-    from embcli.vocab import table_vocabulary
 
     reject_unknown_options(tuple(a for a in (row,) if a is not None))
     check_vocab_options(vocab_path, vocab_column)
@@ -333,10 +348,11 @@ def neighbors(
         raise click.UsageError(f"ROW is one row index, such as 12 or -1, not {row!r}")
     with open_model(model) as opened:
         table = find_table(opened, layer)
-        vocabulary = table_vocabulary(opened, table, vocab_path, vocab_column)
-        if vocabulary is not None and vocabulary.size_problem(table):
-            click.echo(f"warning: {vocabulary.size_problem(table)}", err=True)
-        index = query_row(table, row, token, vocabulary)
+        vocabulary = query_vocabulary(opened, table, token, vocab_path, vocab_column)
+        problem = vocabulary.size_problem(table) if vocabulary is not None else None
+        if problem:
+            click.echo(f"warning: {problem}", err=True)
+        index = query_row(table, None if row is None else int(row), token, vocabulary)
         with progress([table], "neighbors") as update:
             found = nearest_rows(opened, table, index, k, metric, progress=update)
     words = vocabulary.token_at if vocabulary is not None else None

@@ -37,7 +37,9 @@ def table_record(table) -> dict:
 
 
 def warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
+    from embcli.output import terminal_text
+
+    click.echo(f"warning: {terminal_text(message)}", err=True)
 
 
 def token_text(token: str | None) -> str | None:
@@ -107,7 +109,7 @@ def layers(
         columns.extend(VOCAB_COLUMNS)
     rows = [[r[c] for c in columns] for r in records]
     if mode == "csv":
-        click.echo(to_csv(rows, columns))
+        click.echo(to_csv(rows, columns), color=True)
     elif rows:
         click.echo(aligned(rows, columns))
     else:
@@ -197,7 +199,7 @@ def rows(
             [int(i), *([words[at]] if words is not None else []), *v]
             for at, (i, v) in enumerate(zip(indices, values, strict=True))
         ]
-        click.echo(to_csv(lines, headers))
+        click.echo(to_csv(lines, headers), color=True)
     elif words is not None:
         click.echo(
             aligned(

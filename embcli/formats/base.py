@@ -20,7 +20,7 @@ import numpy as np
 
 from embcli.dtypes import bfloat16
 from embcli.errors import MalformedFile, UnsupportedEdit
-from embcli.guarded import H5_ERRORS, DatasetInfo, open_h5
+from embcli.guarded import H5_ERRORS, ByteRange, DatasetInfo, open_h5
 
 if TYPE_CHECKING:
     from embcli.formats.registry import ArtifactKind
@@ -211,6 +211,12 @@ class ModelFile(ABC):
         if edit.only_rows:
             return self.plan_write(output, edit.rows, in_place)
         raise UnsupportedEdit(f"{self.format_name} files cannot be restructured by embcli")
+
+    def stored_bytes(self, weight: str) -> ByteRange | None:
+        """Where a weight's stored bytes lie, whole and in row order, in a file this
+        artifact reads in place, so that they can be copied without being decoded; None
+        where they do not lie so (compressed, chunked, or in a format that hides them)."""
+        return None
 
     def config(self) -> dict | None:
         """The model's config as parsed JSON data, when the artifact has one."""

@@ -42,10 +42,13 @@ from embcli.guarded import (
     ZIP_EMPTY_SIGNATURE,
     ZIP_ERRORS,
     ZIP_SIGNATURE,
+    ByteRange,
     FileWindow,
     check_archive,
     check_directory_size,
     check_folder,
+    dataset_bytes,
+    file_identity,
     member_data_offset,
     parse_json,
     read_attr_text,
@@ -242,6 +245,14 @@ class Keras3File(Keras3Writing, ModelFile):
     def read(self, weight: str, rows: slice | np.ndarray) -> np.ndarray:
         source, path = self._source(weight)
         return source.read(path, rows)
+
+    def stored_bytes(self, weight: str) -> ByteRange | None:
+        source, path = self._source(weight)
+        if self._spill is not None:
+            return None  # a compressed member, read from a temporary copy
+        identity = file_identity(self._fd) if self._fd is not None else None
+        info = source.info(path)
+        return dataset_bytes(source.handle, info, source.path, source.base_offset, identity)
 
     def config(self) -> dict | None:
         return self._config

@@ -30,7 +30,7 @@ from embcli.formats.base import (
 from embcli.formats.h5rewrite import rewrite_h5
 from embcli.formats.naming import walk_config_layers
 from embcli.formats.registry import ArtifactKind, Probe
-from embcli.guarded import parse_json, read_attr_list, read_attr_text
+from embcli.guarded import ByteRange, dataset_bytes, parse_json, read_attr_list, read_attr_text
 
 MODEL_WEIGHTS_GROUP = "model_weights"
 OPTIMIZER_WEIGHTS_GROUP = "optimizer_weights"
@@ -167,6 +167,10 @@ class LegacyH5File(ModelFile):
 
     def read(self, weight: str, rows: slice | np.ndarray) -> np.ndarray:
         return self._source.read(weight, rows)
+
+    def stored_bytes(self, weight: str) -> ByteRange | None:
+        source = self._source
+        return dataset_bytes(source.handle, source.info(weight), source.path, source.base_offset)
 
     def optimizer_slots(self, table: Table) -> list[str]:
         datasets = self._source.index.datasets

@@ -27,6 +27,7 @@ import functools
 import json
 import marshal
 import os
+import random
 import struct
 import sys
 import types
@@ -560,6 +561,16 @@ def repeated_deflate(head: bytes, chunk: bytes, count: int, tail: bytes) -> Memb
     return Member("", stream, method=8, crc=crc, file_size=size)
 
 
+def sparse_text_deflate(head: bytes, megabytes: int, tail: bytes) -> Member:
+    """A real deflate stream of `head`, `megabytes` MB of spaces sprinkled with digits, and
+    `tail`: it inflates some 500 times over, far, but not impossibly far (a zip bomb)."""
+    scatter = random.Random(0)
+    chunk = bytearray(b" " * (1 << 20))
+    for _ in range(len(chunk) >> 11):
+        chunk[scatter.randrange(len(chunk))] = ord("7")
+    return repeated_deflate(head, bytes(chunk), megabytes, tail)
+
+
 @functools.cache
 def zero_bomb() -> Member:
     """A deflate stream that really inflates to BOMB_BYTES zero bytes."""
@@ -986,6 +997,25 @@ def _configs(w: Writer, config: dict, weights: bytes) -> None:
         kind="legacy",
         output_suffix=".h5",
         reason="JSON",
+    )
+
+    w.archive(
+        "config_inflates_past_bound",
+        [
+            named(sparse_text_deflate(b'{"pad": "', 70, b'"}'), "config.json")
+            if member.name == "config.json"
+            else member
+            for member in keras_members(config, weights)
+        ],
+        reason="config.json.*larger than",
+        notes="a small deflated config.json that inflates to 70 MB, below the zip-bomb ratio",
+    )
+
+    w.archive(
+        "config_too_many_containers",
+        keras_members(b'{"pad": [' + b"{}," * 1_100_000 + b"{}]}", weights),
+        reason="JSON objects and arrays",
+        notes="3 MB of `{}` that Python would build into a gigabyte of dicts",
     )
 
     nested = {"class_name": "Functional", "config": {"name": "n", "layers": []}}

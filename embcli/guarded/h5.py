@@ -1,21 +1,13 @@
-"""The only way embcli opens model files: read-only, bounded, and refusing anything that
-points outside the file.
+"""HDF5 guards: a whole file is walked and checked before any weight is read.
 
-Model files are untrusted. Nothing here imports, instantiates or calls what a file names;
-JSON is parsed as data; HDF5 links other than hard links, external storage, virtual
-datasets, filters and shape bombs are refused before any data is read; zip members are
-checked for traversal, duplicates, symlinks and bombs.
+Links other than hard links, external storage, virtual datasets, filters, shape bombs and
+global heaps that the HDF5 library would walk forever are refused; attributes are read
+only when they hold text or numbers.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import stat
-import struct
-import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,101 +17,19 @@ import h5py
 import numpy as np
 
 from embcli.errors import MalformedFile, UnsafeFile, UnsupportedFormat
+from embcli.guarded.files import open_regular
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-ZIP_SIGNATURE = b"PK\x03\x04"
-ZIP_EMPTY_SIGNATURE = b"PK\x05\x06"
-
 MAX_H5_OBJECTS = 1_000_000
 MAX_H5_DEPTH = 64
-MAX_ZIP_MEMBERS = 100_000
-MAX_FOLDER_ENTRIES = 100_000
-MAX_JSON_BYTES = 256 * 1024 * 1024
-MAX_DEFLATE_RATIO = 1100
-MAX_INFLATED_BYTES = 4 * 1024**3
 SHAPE_BOMB_FLOOR = 1024 * 1024
 MAX_DIMS = 8
-
-MAX_CENTRAL_DIRECTORY = 16 * 1024 * 1024
-
-ZIP_ERRORS = (
-    zipfile.BadZipFile,
-    zlib.error,
-    struct.error,
-    OSError,
-    EOFError,
-    ValueError,
-    NotImplementedError,
-)
 H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError, OverflowError)
-
 READABLE_ATTRIBUTE_CLASSES = (h5py.h5t.STRING, h5py.h5t.INTEGER, h5py.h5t.FLOAT)
-
 HEAP_SCAN_BLOCK = 16 * 1024 * 1024
 MAX_GLOBAL_HEAP = 1024 * 1024 * 1024
 
 _GLOBAL_HEAP = b"GCOL\x01"
-_LOCAL_HEADER_SIZE = 30
-_END_RECORD = b"PK\x05\x06"
-_END_RECORD_SIZE = 22
-_ZIP64_LOCATOR = b"PK\x06\x07"
-_ZIP64_LOCATOR_SIZE = 20
-_ZIP64_END_RECORD = b"PK\x06\x06"
-
-
-def sniff(path: Path) -> bytes:
-    """The first 8 bytes of a file (empty for a folder)."""
-    if path.is_dir():
-        return b""
-    with open(path, "rb") as fh:
-        return fh.read(8)
-
-
-class FileWindow(io.RawIOBase):
-    """A read-only file object over bytes [offset, offset + size) of an open file.
-
-    h5py reads an uncompressed archive member through it in place, with no copy.
-    """
-
-    def __init__(self, fd: int, offset: int, size: int) -> None:
-        super().__init__()
-        self._fd = fd
-        self._offset = offset
-        self._size = size
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            self._pos = pos
-        elif whence == io.SEEK_CUR:
-            self._pos += pos
-        else:
-            self._pos = self._size + pos
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        count = max(0, min(len(view), self._size - self._pos))
-        done = 0
-        while done < count:
-            got = os.preadv(self._fd, [view[done:count]], self._offset + self._pos + done)
-            if got <= 0:
-                break
-            done += got
-        self._pos += done
-        return done
-
-    def write(self, data: Any) -> int:
-        raise io.UnsupportedOperation("embcli opens model files read-only")
 
 
 @dataclass(frozen=True)
@@ -140,6 +50,57 @@ class H5Index:
 
     groups: list[str] = field(default_factory=list)
     datasets: dict[str, DatasetInfo] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """Where a weight's stored values lie, whole and in row order: `size` bytes of the
+    file at `path` from `offset`, each value in `dtype` (with its byte order). `identity`
+    is the `(st_dev, st_ino)` of the file the model has open, so that a copy can tell
+    that `path` still names that file."""
+
+    path: Path
+    offset: int
+    size: int
+    dtype: np.dtype
+    identity: tuple[int, int]
+
+
+def file_identity(fd: int) -> tuple[int, int]:
+    """`(st_dev, st_ino)` of an open file."""
+    status = os.fstat(fd)
+    return status.st_dev, status.st_ino
+
+
+def dataset_bytes(
+    handle: h5py.File,
+    info: DatasetInfo,
+    path: Path,
+    base_offset: int = 0,
+    identity: tuple[int, int] | None = None,
+) -> ByteRange | None:
+    """Where a checked dataset's bytes lie in `path` (the HDF5 file, or the archive it is a
+    stored member of, starting at `base_offset`); None unless they lie there whole and
+    plain: contiguous, every byte written, not bfloat16 marked by an attribute.
+
+    `identity` is that of the file the bytes are read from; by default that of the file
+    HDF5 itself has open, which only a handle opened by name has."""
+    if not info.contiguous or info.offset is None or info.is_bfloat16:
+        return None
+    try:
+        if identity is None:
+            if handle.driver != "sec2":
+                return None
+            identity = file_identity(handle.id.get_vfd_handle())
+        dataset = handle[info.path]
+        dtype = dataset.dtype
+        stored = dataset.id.get_storage_size()
+    except H5_ERRORS:
+        return None
+    size = int(np.prod(info.shape, dtype=np.int64)) * dtype.itemsize
+    if stored != size or dtype.fields is not None or dtype.subdtype is not None:
+        return None
+    return ByteRange(path, base_offset + info.offset, size, dtype, identity)
 
 
 def stored_dtype_name(dtype: np.dtype, is_bfloat16: bool) -> str:
@@ -241,7 +202,7 @@ def _reader(source: str | os.PathLike | BinaryIO) -> Callable[[int, int], bytes]
     if isinstance(source, (str, os.PathLike)):
 
         def read(offset: int, length: int) -> bytes:
-            with open(source, "rb") as handle:
+            with open_regular(source) as handle:
                 return os.pread(handle.fileno(), length, offset)
 
         return read
@@ -302,6 +263,8 @@ def index_h5(
 
 def open_h5(source: str | os.PathLike | BinaryIO, file_size: int) -> tuple[h5py.File, H5Index]:
     """Open an HDF5 file read-only and check all of it. Raises before any weight is read."""
+    if isinstance(source, (str, os.PathLike)):
+        _check_regular(source)
     try:
         handle = h5py.File(source, "r", locking=False)
     except H5_ERRORS as exc:
@@ -318,11 +281,19 @@ def open_h5(source: str | os.PathLike | BinaryIO, file_size: int) -> tuple[h5py.
 
 def h5_root_names(path: str | os.PathLike) -> set[str]:
     """The names of an HDF5 file's root attributes and members, to tell its kind."""
+    _check_regular(path)
     try:
         with h5py.File(path, "r", locking=False) as handle:
             return set(handle.attrs.keys()) | set(handle.keys())
     except H5_ERRORS as exc:
         raise MalformedFile(f"{path}: not a readable HDF5 file ({exc})") from None
+
+
+def _check_regular(path: str | os.PathLike) -> None:
+    """Refuse a FIFO, device or socket before the HDF5 library opens it by name (and would
+    block on it, or read a device without end)."""
+    with open_regular(path):
+        pass
 
 
 def read_attr_text(obj: h5py.HLObject, name: str) -> str | None:
@@ -381,124 +352,3 @@ def _attr_list(obj: h5py.HLObject, name: str) -> list[str] | None:
     else:
         return None
     return [read_value_text(v) for v in values]
-
-
-def parse_json(text: bytes | str, what: str) -> Any:
-    """Parse JSON as data only, with a readable error."""
-    if len(text) > MAX_JSON_BYTES:
-        raise UnsafeFile(f"{what} is larger than {MAX_JSON_BYTES} bytes")
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise MalformedFile(f"{what} is not valid JSON ({exc})") from None
-
-
-def _is_safe_member_name(name: str) -> bool:
-    if not name or "\\" in name or "\x00" in name or name.startswith("/"):
-        return False
-    if len(name) > 1 and name[1] == ":":
-        return False
-    return ".." not in name.split("/")
-
-
-def check_directory_size(fd: int, archive_size: int) -> None:
-    """Refuse an archive whose end record declares too many members or too large a central
-    directory, before `zipfile` parses (and builds an object for) every entry."""
-    tail_start = max(0, archive_size - _END_RECORD_SIZE - 0xFFFF)
-    tail = os.pread(fd, archive_size - tail_start, tail_start)
-    at = tail.rfind(_END_RECORD)
-    if at < 0 or len(tail) - at < _END_RECORD_SIZE:
-        return
-    entries, directory_size = struct.unpack_from("<HI", tail, at + 10)
-    locator = at - _ZIP64_LOCATOR_SIZE
-    if locator >= 0 and tail[locator : locator + 4] == _ZIP64_LOCATOR:
-        (record_offset,) = struct.unpack_from("<Q", tail, locator + 8)
-        record = os.pread(fd, 56, record_offset) if record_offset < archive_size else b""
-        if len(record) == 56 and record[:4] == _ZIP64_END_RECORD:
-            entries, directory_size = struct.unpack_from("<QQ", record, 32)
-    if entries > MAX_ZIP_MEMBERS:
-        raise UnsafeFile(f"archive has {entries} members")
-    if directory_size > MAX_CENTRAL_DIRECTORY:
-        raise UnsafeFile(
-            f"archive's central directory is larger than {MAX_CENTRAL_DIRECTORY} bytes"
-        )
-
-
-def check_archive(archive: zipfile.ZipFile, archive_size: int) -> None:
-    """Refuse archives with unsafe, duplicate or impossible members."""
-    members = archive.infolist()
-    if len(members) > MAX_ZIP_MEMBERS:
-        raise UnsafeFile(f"archive has {len(members)} members")
-    names: set[str] = set()
-    inflated = 0
-    for info in members:
-        name = info.filename
-        if not _is_safe_member_name(name):
-            raise UnsafeFile(f"archive member has an unsafe name: {name!r}")
-        if name in names:
-            raise UnsafeFile(f"archive has two members named {name!r}")
-        names.add(name)
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise UnsafeFile(f"archive member {name!r} is a symbolic link")
-        if info.flag_bits & 0x1:
-            raise UnsupportedFormat(f"archive member {name!r} is encrypted")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise UnsupportedFormat(f"archive member {name!r} uses an unsupported compression")
-        if info.header_offset + info.compress_size > archive_size:
-            raise MalformedFile(f"archive member {name!r} lies beyond the end of the archive")
-        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
-            raise MalformedFile(f"archive member {name!r} has inconsistent sizes")
-        if info.file_size > MAX_DEFLATE_RATIO * max(info.compress_size, 1):
-            raise UnsafeFile(f"archive member {name!r} declares an impossible size (zip bomb)")
-        if info.compress_type != zipfile.ZIP_STORED:
-            inflated += info.file_size
-            if inflated > MAX_INFLATED_BYTES:
-                raise UnsafeFile(
-                    f"archive members inflate to more than {MAX_INFLATED_BYTES} bytes (zip bomb)"
-                )
-
-
-def check_folder(folder: Path) -> None:
-    """Refuse a model folder holding symbolic links or anything but files and folders."""
-    count = 0
-    for parent, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            count += 1
-            if count > MAX_FOLDER_ENTRIES:
-                raise UnsafeFile(f"{folder} holds more than {MAX_FOLDER_ENTRIES} entries")
-            path = os.path.join(parent, name)
-            mode = os.lstat(path).st_mode
-            if stat.S_ISLNK(mode):
-                raise UnsafeFile(f"{path}: symbolic links in a model folder are refused")
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise UnsafeFile(f"{path}: not a regular file")
-
-
-def member_data_offset(fd: int, info: zipfile.ZipInfo) -> int:
-    """Where a member's bytes begin, from its local header (checked against the directory)."""
-    header = os.pread(fd, _LOCAL_HEADER_SIZE, info.header_offset)
-    if len(header) != _LOCAL_HEADER_SIZE or header[:4] != ZIP_SIGNATURE:
-        raise MalformedFile(f"archive member {info.filename!r} has a bad local header")
-    name_length = int.from_bytes(header[26:28], "little")
-    extra_length = int.from_bytes(header[28:30], "little")
-    local_name = os.pread(fd, name_length, info.header_offset + _LOCAL_HEADER_SIZE)
-    if local_name.decode(
-        "utf-8", "replace"
-    ) != info.filename and local_name != info.orig_filename.encode("cp437", "replace"):
-        raise UnsafeFile(f"archive member {info.filename!r}: local and central names differ")
-    return info.header_offset + _LOCAL_HEADER_SIZE + name_length + extra_length
-
-
-def read_member(archive: zipfile.ZipFile, name: str, limit: int = MAX_JSON_BYTES) -> bytes:
-    """A small member's bytes, refusing more than `limit`."""
-    info = archive.getinfo(name)
-    if info.file_size > limit:
-        raise UnsafeFile(f"archive member {name!r} is larger than {limit} bytes")
-    try:
-        with archive.open(info) as fh:
-            data = fh.read(limit + 1)
-    except ZIP_ERRORS as exc:
-        raise MalformedFile(f"archive member {name!r} cannot be read ({exc})") from None
-    if len(data) > limit:
-        raise UnsafeFile(f"archive member {name!r} is larger than {limit} bytes")
-    return data
