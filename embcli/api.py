@@ -218,7 +218,9 @@ class Model:
         """The table's `Vocabulary` (tokens, where they came from, special rows)."""
         from embcli.vocab import table_vocabulary
 
-        return table_vocabulary(self.artifact, self.table(name), path, column)
+        return table_vocabulary(
+            self.artifact, self.table(name), _optional_path(path, "path"), column
+        )
 
     def close(self) -> None:
         if self._artifact is not None:
@@ -245,6 +247,10 @@ def open(path: PathLike) -> Model:  # noqa: A001 - the name users expect: embcli
     """
     path = _as_path(path, "path")
     return Model(open_model(path), path)
+
+
+def _optional_path(value: Any, what: str) -> Path | None:
+    return None if value is None else _as_path(value, what)
 
 
 def _as_path(value: Any, what: str) -> Path:
@@ -317,6 +323,7 @@ def assign(
         progress: called with bytes of `by_token` read, as it is read.
     """
     from embcli.edit import assign as assign_rows
+    from embcli.rowspec import refuse_repeats
 
     path = _as_path(path, "path")
     if (output is None) == (not in_place):
@@ -339,7 +346,7 @@ def assign(
             )  # fmt: skip
         else:
             indices = (
-                _distinct(resolve_rows(rows, table.rows)[0])
+                refuse_repeats(resolve_rows(rows, table.rows)[0])
                 if rows is not None
                 else np.arange(table.rows, dtype=np.int64)
             )
@@ -354,16 +361,6 @@ def assign(
             reset_optimizer_rows=reset_optimizer_rows,
         )  # fmt: skip
     return AssignResult(table, result.rows, target, result.optimizer_slots, coverage)
-
-
-def _distinct(indices: np.ndarray) -> np.ndarray:
-    """Rows to assign, each named once: a row given twice would take two values."""
-    unique, counts = np.unique(indices, return_counts=True)
-    repeated = unique[counts > 1]
-    if repeated.size:
-        shown = ", ".join(str(int(r)) for r in repeated[:10])
-        raise BadRowSpec(f"rows given more than once: {shown}")
-    return indices
 
 
 def _vectors(values: Any, key: str | None, table: Table, count: int, whole: bool) -> np.ndarray:
@@ -409,7 +406,7 @@ def _token_vectors(
     from embcli.pretrained import vocabulary_vectors
     from embcli.vocab import require_vocabulary
 
-    vocabulary = require_vocabulary(artifact, table, vocab, vocab_column)
+    vocabulary = require_vocabulary(artifact, table, _optional_path(vocab, "vocab"), vocab_column)
     if output is not None:
         check_output(output, force)
         problem = output_suffix_problem(artifact, output)
@@ -433,7 +430,6 @@ def _token_vectors(
 def recover(path: PathLike) -> list[str]:
     """Roll back an in-place edit of `path` that was killed half done; returns the names
     of the files restored (none when there was nothing to recover)."""
-    from embcli.journal import recover as roll_back
+    from embcli.journal import recover_model
 
-    path = _as_path(path, "path")
-    return roll_back(path if path.is_dir() else path.absolute().parent)
+    return recover_model(_as_path(path, "path"))

@@ -1,33 +1,68 @@
 """Copy-on-write output: everything is written into a temporary folder beside the target,
-flushed, verified, and only then renamed into place.
+flushed, verified, and only then committed into place (`embcli.commit`), under an
+exclusive lock on the model (`embcli.locking`).
 
 The temporary folder is named `.embcli-tmp-<pid>-<random>`, so whatever an interrupted run
-leaves behind is plainly embcli's and is never taken for the output. Later writes into the
-same folder remove such leftovers whose process is gone.
+leaves behind is plainly embcli's and is never taken for the output. Its writer holds a
+lock on it; later writes into the same folder remove those whose lock nobody holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import secrets
 import shutil
-import signal
-from collections.abc import Callable, Iterator
+import stat
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from embcli.durable import fsync_path, process_alive
-from embcli.errors import OutputExists, VerificationFailed
+from embcli import locking
+from embcli.commit import TEMP_PREFIX, Step, commit, finish, record_path
+from embcli.durable import (
+    fsync_path,
+    pause_point,
+    signals_deferred,
+    terminate_as_interrupt,
+)
+from embcli.errors import EmbcliError, OutputExists
 from embcli.formats.base import FilePlan, WritePlan
+from embcli.inplace import (
+    NotWritable,
+    apply_changes,
+    can_patch_in_place,
+    file_changes,
+    patch_in_place,
+)
 
-TEMP_PREFIX = ".embcli-tmp-"
+__all__ = [
+    "NotWritable",
+    "WriteFailed",
+    "can_patch_in_place",
+    "check_output",
+    "execute",
+    "file_changes",
+    "patch_in_place",
+    "same_bits",
+    "signals_deferred",
+    "write_new_file",
+]
+
 COPY_CHUNK = 8 * 1024 * 1024
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+class WriteFailed(EmbcliError):
+    "The output could not be written; nothing was changed"
 
 
 def remove_stale_temporaries(folder: Path) -> None:
-    """Remove temporary folders left in `folder` by embcli processes that no longer run."""
+    """Remove temporary folders left in `folder` by embcli processes that are gone (no
+    one holds their lock), unless an unfinished commit still needs them."""
     try:
         entries = list(folder.iterdir())
     except OSError:
@@ -35,86 +70,140 @@ def remove_stale_temporaries(folder: Path) -> None:
     for entry in entries:
         if not entry.name.startswith(TEMP_PREFIX) or entry.is_symlink() or not entry.is_dir():
             continue
-        pid_text = entry.name[len(TEMP_PREFIX) :].split("-", 1)[0]
-        if pid_text.isdigit() and not process_alive(int(pid_text)):
-            shutil.rmtree(entry, ignore_errors=True)
+        if os.path.lexists(record_path(folder, entry)) or _locked(entry):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.stat().st_uid == os.geteuid():
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _locked(folder: Path) -> bool:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def temporary_folder(parent: Path) -> Iterator[Path]:
-    """A fresh temporary folder in `parent`, removed on exit whatever happens."""
+    """A fresh temporary folder in `parent`, locked while in use, removed on exit
+    whatever happens (unless a commit record still needs it)."""
     remove_stale_temporaries(parent)
     folder = parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-    with _terminate_as_interrupt():
+    with terminate_as_interrupt():
+        folder.mkdir(mode=0o700)
+        fd = os.open(folder, os.O_RDONLY)
         try:
-            folder.mkdir()
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield folder
         finally:
             with signals_deferred():
-                shutil.rmtree(folder, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C while writing, so cleanup runs."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until cleanup that must not be cut short is done."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+                if not record_path(parent, folder).exists():
+                    shutil.rmtree(folder, ignore_errors=True)
+                os.close(fd)
 
 
 def check_output(output: Path, force: bool) -> None:
-    """Refuse to overwrite an existing output unless forced."""
-    if output.exists() and not force:
+    """Refuse to overwrite an existing output (a dangling link counts) unless forced."""
+    if os.path.lexists(output) and not force:
         raise OutputExists(f"{output} exists", remedy="force")
-    if not output.parent.is_dir():
-        raise OutputExists(f"{output.parent} is not a folder")
+    if not Path(output).parent.is_dir():
+        raise OutputExists(f"{Path(output).parent} is not a folder")
 
 
-def write_new_file(output: Path, force: bool, write: Callable[[Path], None]) -> None:
-    """Write a single file atomically: `write(temp_path)`, fsync, rename over `output`."""
-    check_output(output, force)
-    output = output.absolute()
-    with temporary_folder(output.parent) as folder:
-        temp = folder / output.name
-        write(temp)
-        fsync_path(temp)
-        os.replace(temp, output)
-        fsync_path(output.parent)
+@contextlib.contextmanager
+def _reported_as(output: Path, sources: Sequence[Path] = ()) -> Iterator[None]:
+    """Turn an OSError into a message that names the output (or the input that could
+    not be read), never a temporary path."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        filename = Path(exc.filename) if isinstance(exc.filename, str) else None
+        if exc.errno not in _DISK_ERRORS and filename is not None and filename in sources:
+            raise WriteFailed(f"cannot read {filename}: {reason}") from None
+        raise WriteFailed(f"cannot write {output}: {reason}; nothing was changed") from None
 
 
-def execute(plan: WritePlan, verify: Callable[[Path, list], None]) -> None:
+def write_new_file(
+    output: Path,
+    force: bool,
+    write: Callable[[Path], None],
+    *,
+    also: Sequence[tuple[Path, Callable[[Path], None]]] = (),
+) -> None:
+    """Write a file atomically: `write(temp_path)`, fsync, then move it to `output`.
+
+    Without `force` the move fails if anything appeared at `output` meanwhile. Files
+    `also` names (`(path, write)`, in the same folder) are committed with it: all or none.
+
+    Raises:
+        OutputExists: `output` exists and `force` is false.
+        WriteFailed: the output could not be written.
+    """
+    outputs = [(Path(output), write), *((Path(p), w) for p, w in also)]
+    for path, _ in outputs:
+        check_output(path, force)
+    root = Path(output).absolute().parent
+    finish(root)
+    with _reported_as(Path(output)), temporary_folder(root) as folder:
+        steps = []
+        for path, writer in outputs:
+            temp = folder / path.name
+            writer(temp)
+            fsync_path(temp)
+            target = path.absolute()
+            steps.append(Step(target, temp, replace=force))
+        with locking.exclusive_all([p for p, _ in outputs if force]), signals_deferred():
+            commit(root, folder, steps)
+
+
+def execute(
+    plan: WritePlan, verify: Callable[[Path, list], None], *, force: bool | None = None
+) -> None:
     """Carry out a write plan.
 
     Each file is built in a temporary folder beside its target: copied from its source
     (or written whole), patched, and fsynced. `verify(path, checks)` reads each patched
-    file back. Only then are the files renamed into place, the plan's last file last.
+    file back. Only then are the files committed into place, all or none, the plan's last
+    file last, under an exclusive lock on the model (readers wait).
+
+    `force=False` refuses to replace anything at a target; `True` replaces; `None` (the
+    default) replaces what existed when the write began and refuses what appears since.
+    Commits that killed processes left in the folder are finished first.
+
+    Raises:
+        OutputExists: a target exists that may not be replaced.
+        NotWritable: an edit of a model over itself that its user may not make.
+        WriteFailed: the output could not be written; nothing was changed.
+        ModelBusy, ModelChanged: another process holds or changed the model.
     """
     root = (plan.folder.parent if plan.folder else _common_parent(plan)).absolute()
-    with temporary_folder(root) as folder:
+    outputs = [plan.folder.absolute()] if plan.folder else [i.target.absolute() for i in plan.files]
+    existing = {path for path in outputs if os.path.lexists(path)}
+    if force is False and existing:
+        raise OutputExists(f"{sorted(existing)[0]} exists", remedy="force")
+    finish(root)
+    rewrites_itself = any(_rewrites_itself(item) for item in plan.files)
+    if rewrites_itself:
+        _check_writable(plan, existing)
+    locked = locking.write_lock_paths(plan.output, rewrites_itself)
+    sources = [item.source.absolute() for item in plan.files if item.source is not None]
+    whole = rewrites_itself and not all(locking.is_held(p) for p in locked)
+    with contextlib.ExitStack() as stack:
+        if whole:
+            stack.enter_context(locking.exclusive_all(locked))
+        stack.enter_context(_reported_as(plan.output, sources))
+        folder = stack.enter_context(temporary_folder(root))
         staged: list[tuple[Path, Path]] = []
         for item in plan.files:
             target = item.target.absolute()
@@ -124,39 +213,105 @@ def execute(plan: WritePlan, verify: Callable[[Path, list], None]) -> None:
             if item.checks:
                 verify(temp, item.checks)
             staged.append((temp, target))
+        pause_point("staged")
+        built = None
         if plan.folder is not None:
-            _replace_folder(
-                folder / plan.folder.absolute().relative_to(root), plan.folder.absolute(), folder
-            )
+            built = folder / plan.folder.absolute().relative_to(root)
+            _fsync_tree(built)
+            if plan.folder.absolute() in existing:
+                _keep_identity(plan.folder.absolute(), built, rewrites_itself)
+            steps = [Step(plan.folder.absolute(), built, replace=bool(existing))]
         else:
+            steps = []
             for temp, target in staged:
-                os.replace(temp, target)
-            for path in plan.remove:
-                path.unlink(missing_ok=True)
-            for parent in {target.parent for _, target in staged}:
+                if target in existing and _rewrites_itself_at(plan, target):
+                    _keep_identity(target, temp, True)
+                steps.append(Step(target, temp, replace=target in existing))
+            steps += [Step(path.absolute()) for path in plan.remove]
+            for parent in {temp.parent for temp, _ in staged}:
                 fsync_path(parent)
+        if not whole:
+            stack.enter_context(locking.exclusive_all(locked))
+        pause_point("locked")
+        with _new_model_locked(plan, staged, built), signals_deferred():
+            commit(root, folder, steps)
+
+
+def _rewrites_itself(item: FilePlan) -> bool:
+    return item.source is not None and item.source.absolute() == item.target.absolute()
+
+
+def _rewrites_itself_at(plan: WritePlan, target: Path) -> bool:
+    return any(_rewrites_itself(item) and item.target.absolute() == target for item in plan.files)
+
+
+@contextlib.contextmanager
+def _new_model_locked(plan: WritePlan, staged: list[tuple[Path, Path]], built: Path | None):
+    """Lock the staged file or folder that becomes the model's lock, so that a reader
+    who finds it renamed in waits until the rest of the commit is done too."""
+    output = Path(os.path.realpath(plan.output))
+    index = output.with_name(output.name + locking.CHECKPOINT_INDEX_SUFFIX)
+    finals = {Path(os.path.realpath(target)): temp for temp, target in staged}
+    if built is not None and plan.folder is not None:
+        finals[Path(os.path.realpath(plan.folder))] = built
+    candidate = finals.get(output, finals.get(index))
+    fd = None
+    try:
+        if candidate is not None:
+            fd = os.open(candidate, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _check_writable(plan: WritePlan, existing: set[Path]) -> None:
+    """An edit over itself that must rewrite files may do so only where the user could
+    write them in place."""
+    for item in plan.files:
+        if not _rewrites_itself(item):
+            continue
+        target = item.target.absolute()
+        try:
+            os.close(os.open(target, os.O_WRONLY))
+        except PermissionError:
+            raise NotWritable(f"{target} is not writable; it was left unchanged") from None
+        except OSError:
+            continue
+    if plan.folder is not None and plan.folder.absolute() in existing:
+        if not os.access(plan.folder.absolute(), os.W_OK):
+            raise NotWritable(f"{plan.folder} is not writable; it was left unchanged")
+
+
+def _keep_identity(original: Path, replacement: Path, same_owner: bool) -> None:
+    """Give `replacement` the mode (and, for an edit over itself, the owner and group)
+    of the file or folder it replaces."""
+    status = os.lstat(original)
+    os.chmod(replacement, stat.S_IMODE(status.st_mode))
+    if not same_owner:
+        return
+    now = os.lstat(replacement)
+    if (now.st_uid, now.st_gid) == (status.st_uid, status.st_gid):
+        return
+    try:
+        os.chown(replacement, status.st_uid, status.st_gid)
+    except PermissionError:
+        raise NotWritable(
+            f"{original} belongs to another user or group, which a rewrite cannot keep; "
+            "it was left unchanged"
+        ) from None
+
+
+def _fsync_tree(built: Path) -> None:
+    for path in [built, *built.rglob("*")]:
+        if path.is_dir():
+            fsync_path(path)
 
 
 def _common_parent(plan: WritePlan) -> Path:
     parents = {item.target.absolute().parent for item in plan.files}
     return Path(os.path.commonpath([str(p) for p in parents]))
-
-
-def _replace_folder(built: Path, target: Path, scratch: Path) -> None:
-    for path in [built, *built.rglob("*")]:
-        if path.is_dir():
-            fsync_path(path)
-    if target.exists():
-        retired = scratch / ".previous"
-        os.replace(target, retired)
-        try:
-            os.replace(built, target)
-        except BaseException:
-            os.replace(retired, target)
-            raise
-    else:
-        os.replace(built, target)
-    fsync_path(target.parent)
 
 
 def _build(item: FilePlan, temp: Path) -> None:
@@ -165,6 +320,7 @@ def _build(item: FilePlan, temp: Path) -> None:
     elif item.content is not None:
         temp.write_bytes(item.content)
     else:
+        assert item.source is not None
         shutil.copyfile(item.source, temp)
         shutil.copymode(item.source, temp)
         if item.patches:
@@ -177,99 +333,10 @@ def _build(item: FilePlan, temp: Path) -> None:
 def _patch(item: FilePlan, temp: Path) -> None:
     fd = os.open(temp, os.O_RDWR)
     try:
-        _apply(fd, file_changes(fd, item, temp.name))
+        apply_changes(fd, file_changes(fd, item, temp.name))
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _apply(fd: int, changes: list[tuple[int, bytes, bytes]]) -> None:
-    for offset, _, new in changes:
-        os.pwrite(fd, new, offset)
-
-
-def file_changes(fd: int, item: FilePlan, name: str) -> list[tuple[int, bytes, bytes]]:
-    """`(offset, old, new)` for every byte run a plan's patches change in a file,
-    the archive member's CRC-32 fields included."""
-    from embcli.crc import patched_crc32
-
-    changes = []
-    for offset, data in item.patches:
-        old = os.pread(fd, len(data), offset)
-        if len(old) != len(data):
-            raise VerificationFailed(f"{name}: a patch falls beyond the end of the file")
-        if old != data:
-            changes.append((offset, old, data))
-    member = item.zip_member
-    if member is None or not changes:
-        return changes
-    inside = []
-    end = member.data_offset + member.size
-    for offset, old, new in changes:
-        if offset < member.data_offset or offset + len(new) > end:
-            raise VerificationFailed("a patch falls outside the archive member it edits")
-        inside.append((offset - member.data_offset, old, new))
-    old_crc = member.crc.to_bytes(4, "little")
-    crc = patched_crc32(member.crc, member.size, inside).to_bytes(4, "little")
-    for position in member.crc_offsets:
-        if os.pread(fd, 4, position) != old_crc:
-            raise VerificationFailed("the archive's checksum is not where it should be")
-        changes.append((position, old_crc, crc))
-    return changes
-
-
-def can_patch_in_place(plan: WritePlan) -> bool:
-    return plan.folder is None and all(
-        item.source is not None
-        and item.rebuild is None
-        and item.content is None
-        and item.source.absolute() == item.target.absolute()
-        for item in plan.files
-    )
-
-
-def patch_in_place(plan: WritePlan, verify: Callable[[Path, list], None]) -> None:
-    """Edit files where they lie, at a cost that follows the bytes changed.
-
-    The old bytes go to an fsynced journal first; a failed check rolls them back at once,
-    and a killed process's journal is rolled back by the next embcli run (`journal`).
-    """
-    from embcli import journal
-
-    for folder in {item.target.absolute().parent for item in plan.files}:
-        journal.recover(folder)
-    opened = []
-    try:
-        for item in plan.files:
-            fd = os.open(item.target, os.O_RDWR)
-            opened.append((item, fd, file_changes(fd, item, item.target.name)))
-        journals: list[Path] = []
-        with _terminate_as_interrupt():
-            try:
-                for item, _, changes in opened:
-                    target = item.target.absolute()
-                    try:
-                        journals.append(journal.write_journal(target, changes))
-                    except KeyboardInterrupt:
-                        journal.journal_path(target).unlink(missing_ok=True)
-                        raise
-                for _, fd, changes in opened:
-                    _apply(fd, changes)
-                    os.fsync(fd)
-                for item, _, _ in opened:
-                    if item.checks:
-                        verify(item.target, item.checks)
-            except BaseException:
-                with signals_deferred():
-                    for path in journals:
-                        journal.roll_back(path)
-                raise
-            with signals_deferred():
-                for path in journals:
-                    journal.discard(path)
-    finally:
-        for _, fd, _ in opened:
-            os.close(fd)
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:

@@ -100,6 +100,23 @@ def output_suffix_problem(model: ModelFile, output: Path) -> str | None:
     return None
 
 
+def check_reshapable_copy(
+    model: ModelFile, path: Path, target: Path, in_place: bool, force: bool
+) -> None:
+    """Refuse, before any work, an edit that reshapes weights where the format cannot,
+    or whose output exists (without `force`) or is misnamed."""
+    if not model.reshapes_weights:
+        raise UnsupportedEdit(
+            f"{path}: a SavedModel's graph fixes the shapes of its tables; "
+            "change the model it was exported from"
+        )
+    if not in_place:
+        atomic.check_output(target, force)
+        problem = output_suffix_problem(model, target)
+        if problem:
+            raise UnsupportedEdit(problem)
+
+
 def plan_patches(
     model: ModelFile,
     table: Table,
@@ -113,8 +130,13 @@ def plan_patches(
     """The stored values to write, keyed by weight: `{weight: (rows, values)}`."""
     check_shape(values, table, len(rows))
     patches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if table.quantized == "int8" and table.scale is not None:
-        cast_values(values, np.float32, allow_lossy=allow_lossy, allow_nonfinite=False)
+    if table.codec is not None:
+        from embcli.quantized import encode_rows
+
+        cast_values(values, np.dtype(np.float32), allow_lossy=allow_lossy, allow_nonfinite=False)
+        patches.update(encode_rows(model, table, rows, values))
+    elif table.quantized == "int8" and table.scale is not None:
+        cast_values(values, np.dtype(np.float32), allow_lossy=allow_lossy, allow_nonfinite=False)
         quantized, scale = quantize_rows(values)
         _, scale_dtype = model.weight_info(table.scale)
         patches[table.weight] = (rows, quantized)
@@ -188,5 +210,5 @@ def assign(
     if in_place and atomic.can_patch_in_place(plan):
         atomic.patch_in_place(plan, verify_file)
     else:
-        atomic.execute(plan, verify_file)
+        atomic.execute(plan, verify_file, force=True if in_place else force)
     return AssignResult(table, len(rows), output, slots)

@@ -73,25 +73,20 @@ def export_tables(
                 write_table_npy(handle, model, table, raw)
         elif fmt == "word2vec-binary":
             with open(temp, "wb") as handle:
-                write_word2vec_binary(handle, table.shape, tokens, blocks(table)())
+                write_word2vec_binary(handle, (table.rows, table.dim), tokens, blocks(table)())
         elif fmt == "tsv":
             with open(temp, "w", encoding="utf-8", newline="\n") as handle:
                 write_projector_tsv(handle, blocks(table)())
         else:
             with open(temp, "w", encoding="utf-8", newline="\n") as handle:
-                write_word2vec_text(handle, table.shape, tokens, blocks(table)())
+                write_word2vec_text(handle, (table.rows, table.dim), tokens, blocks(table)())
 
     def write_labels(temp: Path) -> None:
         with open(temp, "w", encoding="utf-8", newline="\n") as handle:
             write_metadata_tsv(handle, tokens or [])
 
-    write_new_file(output, force, write)
-    if labels is not None:
-        try:
-            write_new_file(labels, force, write_labels)
-        except BaseException:
-            output.unlink(missing_ok=True)
-            raise
+    also = [(labels, write_labels)] if labels is not None else []
+    write_new_file(output, force, write, also=also)
     return fmt
 
 

@@ -60,12 +60,16 @@ class RowStatistics:
         self.products = np.zeros((dim, dim), dtype=np.float64) if covariance else None
 
     def add(self, block: np.ndarray) -> None:
-        values = np.asarray(block, dtype=np.float64)
-        values = values[np.isfinite(values).all(axis=1)]
+        values = np.asarray(block)
+        if values.dtype.kind == "f":
+            finite = np.isfinite(values).all(axis=1)
+            if not finite.all():
+                values = values[finite]
         self.count += len(values)
-        self.total += values.sum(axis=0)
+        self.total += values.sum(axis=0, dtype=np.float64)
         if self.products is not None:
-            self.products += values.T @ values
+            wide = values.astype(np.float64)
+            self.products += wide.T @ wide
 
     def mean(self) -> np.ndarray:
         return self.total / max(self.count, 1)

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from embcli import locking
 from embcli.dtypes import is_bfloat16
 from embcli.errors import AmbiguousTable, InterruptedEdit, NoSuchTable, UnsupportedEdit
 from embcli.formats.base import ModelFile, Table
 from embcli.formats.registry import detect
-from embcli.journal import pending, recover
+from embcli.journal import pending_for, recover_model
 
 BLOCK_BYTES = 32 * 1024 * 1024
 
@@ -29,22 +30,25 @@ def open_model(path: str | os.PathLike, recover_edits: bool = False) -> ModelFil
     (for commands that write to it anyway) rolls that edit back first.
     """
     path = Path(path)
-    kind = detect(path)
-    folder = path if path.is_dir() else path.absolute().parent
     if recover_edits:
-        recover(folder)
-    else:
-        refuse_half_edited(folder)
-    artifact = kind.opener(path)
-    artifact.artifact_kind = kind
-    return artifact
+        recover_model(path)
+    lock = locking.reading(path)
+    try:
+        refuse_half_edited(path)
+        kind = detect(path)
+        artifact = kind.opener(path)
+        artifact.artifact_kind = kind
+        return lock.bind(artifact)
+    except BaseException:
+        lock.close()
+        raise
 
 
-def refuse_half_edited(folder: Path) -> None:
-    """Refuse to read a folder in which a killed in-place edit left a file half done."""
-    for journal, target in pending(folder):
+def refuse_half_edited(path: Path) -> None:
+    """Refuse to read a model that a killed in-place edit or commit left half done."""
+    for journal, target in pending_for(path):
         raise InterruptedEdit(
-            f"an in-place edit of {target} was interrupted ({journal.name} is its undo journal)",
+            f"a write of {target} was interrupted ({journal.name} records it)",
             remedy="recover",
             subject=str(target),
         )
@@ -69,7 +73,9 @@ def list_tables(model: ModelFile, all_weights: bool = False) -> list[Table]:
             unique_qualified = qualified_counts[table.qualified] == 1
             table = table.renamed(table.qualified if unique_qualified else table.weight)
         named.append(table)
-    return [t for t in named if all_weights or t.is_embedding]
+    from embcli.quantized import with_codec
+
+    return [with_codec(model, t) for t in named if all_weights or t.is_embedding]
 
 
 def _keys(table: Table) -> set[str]:
@@ -121,6 +127,10 @@ def decode(
         return stored.astype(np.float32)
     if raw or table.quantized is None:
         return stored
+    if table.codec is not None:
+        from embcli.quantized import decode_rows
+
+        return decode_rows(model, table, rows)
     if table.quantized != "int8" or table.scale is None:
         raise UnsupportedEdit(
             f"{table.name} is {table.quantized}-quantized and embcli cannot dequantize it",

@@ -35,7 +35,7 @@ def number_text(value: Any) -> str:
     if isinstance(value, (np.floating, float)):
         if math.isnan(value):
             return "nan"
-        return repr(value) if isinstance(value, float) else str(value)
+        return str(value) if isinstance(value, np.floating) else repr(value)
     return str(value)
 
 

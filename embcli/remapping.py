@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from embcli import atomic
-from embcli.api import Notify, PathLike, _as_path
-from embcli.edit import output_suffix_problem, verify_file
+from embcli.api import Notify, PathLike, _as_path, _optional_path
+from embcli.edit import check_reshapable_copy, verify_file
 from embcli.errors import BadArgument, BadVocabulary, UnsupportedEdit
 from embcli.formats.base import Edit, FilePlan, ModelFile, Table
 from embcli.init import parse_init
@@ -44,8 +44,16 @@ class RemapResult:
     dropped: list[str]
     moved: int
     output: Path
-    index_map: list[tuple[int, int]] = field(default_factory=list)
+    rows: RowMap | None = None
     config: list[dict] = field(default_factory=list)
+
+    @property
+    def index_map(self) -> list[tuple[int, int]]:
+        """`(old_index, new_index)` for each kept row, in new-row order."""
+        if self.rows is None:
+            return []
+        new = np.flatnonzero(self.rows.sources != NEW_ROW)
+        return list(zip(self.rows.sources[new].tolist(), new.tolist(), strict=True))
 
     def record(self) -> dict:
         return {
@@ -108,9 +116,11 @@ def remap(
     method = parse_init(init)
     say = notify or (lambda line: None)
     with open_model(path, recover_edits=in_place) as artifact:
-        _check_writable(artifact, path, target, in_place, force)
+        check_reshapable_copy(artifact, path, target, in_place, force)
         table = find_table(artifact, name)
-        vocabulary = require_vocabulary(artifact, table, vocab, vocab_column)
+        vocabulary = require_vocabulary(
+            artifact, table, _optional_path(vocab, "vocab"), vocab_column
+        )
         tokens = _new_tokens(to, vocabulary)
         rows = _row_map(vocabulary, table, tokens)
         added = [t for t, source in zip(tokens, rows.sources, strict=True) if source == NEW_ROW]
@@ -123,18 +133,19 @@ def remap(
         plan = artifact.plan_edit(target, edit, in_place)
         if vocabulary_file is not None:
             plan.files.append(FilePlan(vocabulary_file_beside(target), content=vocabulary_file))
-        atomic.execute(plan, verify_file)
-    index_map = [(int(old), new) for new, old in enumerate(rows.sources) if old != NEW_ROW]
+        atomic.execute(plan, verify_file, force=True if in_place else force)
+    new_rows = np.flatnonzero(rows.sources != NEW_ROW)
+    old_rows = rows.sources[new_rows]
     if map_out is not None:
-        text = "".join(f"{old}\t{new}\n" for old, new in index_map)
-        atomic.write_new_file(_as_path(map_out, "map_out"), True, _writer(text))
-    kept_rows = {old for old, _ in index_map}
-    dropped = [t for i, t in enumerate(vocabulary.tokens[: table.rows]) if i not in kept_rows]
-    kept = [t for t, s in zip(tokens, rows.sources, strict=True) if s != NEW_ROW]
+        atomic.write_new_file(_as_path(map_out, "map_out"), True, _index_writer(old_rows, new_rows))
+    still_there = np.zeros(len(vocabulary), dtype=bool)
+    still_there[old_rows[old_rows < len(vocabulary)]] = True
+    dropped = [vocabulary.tokens[i] for i in np.flatnonzero(~still_there).tolist()]
+    kept = [tokens[j] for j in new_rows.tolist()]
     return RemapResult(
         layer=table.name, old_rows=table.rows, new_rows=rows.rows, kept=kept, added=added,
-        dropped=dropped, moved=sum(old != new for old, new in index_map), output=target,
-        index_map=index_map, config=changes,
+        dropped=dropped, moved=int((old_rows != new_rows).sum()), output=target, rows=rows,
+        config=changes,
     )  # fmt: skip
 
 
@@ -156,7 +167,7 @@ def rename_tokens(
         raise BadArgument("give at least one token to rename")
     target = path if in_place else _as_path(output, "output")
     with open_model(path, recover_edits=in_place) as artifact:
-        _check_writable(artifact, path, target, in_place, force)
+        check_reshapable_copy(artifact, path, target, in_place, force)
         table = find_table(artifact, name)
         vocabulary = require_vocabulary(artifact, table)
         tokens = list(vocabulary.tokens)
@@ -178,28 +189,17 @@ def rename_tokens(
         change = replace_vocabulary(vocabulary, tokens, edit.config, asset)
         edit.assets.update(change.assets)
         plan = artifact.plan_edit(target, edit, in_place)
-        atomic.execute(plan, verify_file)
+        atomic.execute(plan, verify_file, force=True if in_place else force)
     return changed
 
 
-def _check_writable(
-    artifact: ModelFile, path: Path, target: Path, in_place: bool, force: bool
-) -> None:
-    if not artifact.reshapes_weights:
-        raise UnsupportedEdit(
-            f"{path}: a SavedModel's graph fixes the shapes of its tables; "
-            "change the model it was exported from"
-        )
-    if not in_place:
-        atomic.check_output(target, force)
-        problem = output_suffix_problem(artifact, target)
-        if problem:
-            raise UnsupportedEdit(problem)
-
-
-def _writer(text: str):
+def _index_writer(old_rows: np.ndarray, new_rows: np.ndarray):
     def write(temp: Path) -> None:
-        temp.write_text(text, encoding="utf-8")
+        with open(temp, "w", encoding="ascii") as handle:
+            for start in range(0, len(new_rows), 65536):
+                pairs = zip(old_rows[start : start + 65536].tolist(),
+                            new_rows[start : start + 65536].tolist(), strict=True)  # fmt: skip
+                handle.write("".join(f"{old}\t{new}\n" for old, new in pairs))
 
     return write
 
@@ -235,14 +235,17 @@ def _row_map(vocabulary: Vocabulary, table: Table, tokens: list[str]) -> RowMap:
             f"{table.name} has only {table.rows} rows"
         )
     specials = vocabulary.tokens[: vocabulary.specials]
+    first_row: dict[str, int] = {}
+    for row in range(len(vocabulary) - 1, len(specials) - 1, -1):
+        first_row[vocabulary.tokens[row]] = row
+    for row in range(len(specials) - 1, -1, -1):
+        first_row.setdefault(specials[row], row)
     sources = np.full(len(tokens), NEW_ROW, dtype=np.int64)
     for position, token in enumerate(tokens):
         if position < len(specials) and token == specials[position]:
             sources[position] = position
-            continue
-        rows = [r for r in vocabulary.rows_of(token) if r >= len(specials) or token not in specials]
-        if rows:
-            sources[position] = rows[0]
+        elif token in first_row:
+            sources[position] = first_row[token]
     return RowMap(sources)
 
 

@@ -2,8 +2,9 @@
 
 A Keras layer records it as `input_dim` (`Embedding`, `ReversibleEmbedding`) or
 `sequence_length` (`PositionEmbedding`); keras-hub's `TokenAndPositionEmbedding` and its
-backbones as `vocabulary_size`, also inside a task's nested backbone config; a `Dense`
-head over the vocabulary as `units`.
+backbones as `vocabulary_size`, also inside a task's nested backbone config (in a `.keras`
+archive's config, or a preset's `task.json`); a `Dense` head over the vocabulary as
+`units`.
 """
 
 from __future__ import annotations
@@ -43,14 +44,15 @@ def size_changes(
             f"cannot find where the model's config records the {table.rows} rows of "
             f"{table.name}, so the resized model would not load"
         )
+    changes += _task_changes(artifact, table.rows, rows)
     if head is not None:
         from embcli.model import find_table
 
         kernel = find_table(artifact, head)
-        entry = artifact.layer_config(kernel, config)
-        if entry is None or entry.get(HEAD_SIZE_KEY) != table.rows:
+        head_entry = artifact.layer_config(kernel, config)
+        if head_entry is None or head_entry.get(HEAD_SIZE_KEY) != table.rows:
             raise UnsupportedEdit(f"the config of {head} does not record {table.rows} units")
-        changes.append(_set(config, entry, HEAD_SIZE_KEY, rows))
+        changes.append(_set(config, head_entry, HEAD_SIZE_KEY, rows))
     return changes
 
 
@@ -97,6 +99,20 @@ def _backbones(config: dict, rows: int) -> list[dict]:
         ):
             found.append(inner)
     return found
+
+
+def _task_changes(artifact: ModelFile, old: int, rows: int) -> list[dict]:
+    """The backbone sizes a keras-hub preset's `task.json` records too: the preset writes
+    it with `config.json`'s new backbone (see `embcli.formats.preset`); listed here for
+    the report only, as `task.json:<path>`."""
+    find = getattr(artifact, "task_config", None)
+    task = find() if callable(find) else None
+    if not isinstance(task, dict):
+        return []
+    return [
+        {"path": f"task.json:{_path_of(task, entry)}/{BACKBONE_SIZE_KEY}", "old": old, "new": rows}
+        for entry in _backbones(task, old)
+    ]
 
 
 def _dicts(value: Any):

@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 
 from embcli import atomic
-from embcli.api import Notify, PathLike, _as_path, _vectors
-from embcli.edit import output_suffix_problem, verify_file
+from embcli.api import Notify, PathLike, _as_path, _optional_path, _vectors
+from embcli.edit import check_reshapable_copy, verify_file
 from embcli.errors import BadArgument, BadVectors, UnsupportedEdit
 from embcli.formats.base import FilePlan, ModelFile, Table
 from embcli.init import parse_init
 from embcli.model import find_table, open_model
 from embcli.resize_config import size_changes
 from embcli.rowmap import RowMap, TablePlan
-from embcli.vocab import Vocabulary, require_vocabulary, table_vocabulary
+from embcli.vocab import TOKENIZER_SOURCE, Vocabulary, require_vocabulary, table_vocabulary
 from embcli.vocab_edit import change_vocabulary, vocabulary_file_beside
 
 
@@ -120,22 +120,13 @@ def resize(
     method = parse_init(init)
     say = notify or (lambda line: None)
     with open_model(path, recover_edits=in_place) as artifact:
-        if not artifact.reshapes_weights:
-            raise UnsupportedEdit(
-                f"{path}: a SavedModel's graph fixes the shapes of its tables; "
-                "resize the model it was exported from"
-            )
-        if not in_place:
-            atomic.check_output(target, force)
-            problem = output_suffix_problem(artifact, target)
-            if problem:
-                raise UnsupportedEdit(problem)
+        check_reshapable_copy(artifact, path, target, in_place, force)
         table = find_table(artifact, name)
         planner = TablePlan(artifact, table, method, np.random.default_rng(seed), allow_lossy)
         vocabulary = (
-            require_vocabulary(artifact, table, vocab, vocab_column)
+            require_vocabulary(artifact, table, _optional_path(vocab, "vocab"), vocab_column)
             if add_tokens is not None
-            else table_vocabulary(artifact, table, vocab, vocab_column)
+            else table_vocabulary(artifact, table, _optional_path(vocab, "vocab"), vocab_column)
         )
         added, skipped = _new_tokens(add_tokens or [], vocabulary, table)
         if skipped:
@@ -160,6 +151,7 @@ def resize(
             dropped = len(vocabulary) - keep
             change = _vocabulary_change(artifact, vocabulary, keep, added, edit.config)
             edit.assets.update(change.assets)
+            edit.files.update(getattr(change, "files", {}))
             config_changes += [{"path": p, "old": o, "new": n} for p, o, n in change.config]
             if change.file_text is not None:
                 vocabulary_file = (vocabulary_file_beside(target), change.file_text)
@@ -168,7 +160,7 @@ def resize(
         plan = artifact.plan_edit(target, edit, in_place)
         if vocabulary_file is not None:
             plan.files.append(FilePlan(vocabulary_file[0], content=vocabulary_file[1].encode()))
-        atomic.execute(plan, verify_file)
+        atomic.execute(plan, verify_file, force=True if in_place else force)
     notes = []
     if config is None:
         notes.append(
@@ -245,6 +237,10 @@ def _explicit_rows(
 
 
 def _vocabulary_change(artifact: ModelFile, vocabulary, keep, added, config):
+    if vocabulary.source.startswith(TOKENIZER_SOURCE):
+        from embcli.tokenizer_edit import change_tokenizer
+
+        return change_tokenizer(artifact, vocabulary, keep, added, config)
     asset = None
     if vocabulary.source.startswith("asset:"):
         asset = artifact.asset(vocabulary.source[len("asset:") :])

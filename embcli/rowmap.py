@@ -24,6 +24,7 @@ from embcli.model import BLOCK_BYTES, find_table, iter_blocks, list_tables
 REVERSE_EMBEDDINGS = "reverse_embeddings"
 REVERSIBLE_EMBEDDING = "ReversibleEmbedding"
 NEW_ROW = -1
+COPY_BLOCK_BYTES = 8 * 1024 * 1024  # a gathered block may read a few times this
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class TablePlan:
         rng: np.random.Generator,
         allow_lossy: bool = False,
     ) -> None:
-        if table.quantized not in (None, "int8") or (table.quantized and table.scale is None):
+        if table.quantized is not None and table.codec is None and table.scale is None:
             raise UnsupportedEdit(
                 f"{table.name} is {table.quantized}-quantized; embcli cannot change its rows yet"
             )
@@ -91,15 +92,34 @@ class TablePlan:
         added = self._added_rows(rows.added, explicit)
         followers = self._table(added)
         followers += self._reverse(rows.added)
+        followers += self._output_biases(rows.added)
         if head is not None:
             followers += self._head(head, rows.added)
         for follower in list(followers):
             followers += self._slots(follower)
+        self._refuse_unknown_followers(followers)
         edit = Edit()
         for follower in followers:
             edit.weights[follower.weight] = self._new_weight(follower, rows)
         edit.checks.append(self._check(rows, followers[0]))
         return edit, [f.weight for f in followers]
+
+    def _refuse_unknown_followers(self, followers: list[_Follower]) -> None:
+        """Refuse when another weight of the layer has the table's row count along an
+        axis and embcli does not know that it follows the rows: the model would no
+        longer load."""
+        moved = {f.weight for f in followers}
+        shared = set()
+        if self.table.codec is not None:
+            codec = self.table.codec.embeddings
+            shared = {p.variable.path for p in codec.parts.values() if p.vocab_axis is None}
+        for weight in self.artifact.weights_of(self.table):
+            shape, _ = self.artifact.weight_info(weight)
+            if weight not in moved | shared and self.table.rows in tuple(shape):
+                raise UnsupportedEdit(
+                    f"{weight} has {self.table.rows} entries along an axis, as "
+                    f"{self.table.name} has rows, and embcli does not know how it follows them"
+                )
 
     def _check(self, rows: RowMap, table: _Follower) -> tuple[str, np.ndarray, np.ndarray]:
         """A few rows of the new table, as the written copy must read them back."""
@@ -133,6 +153,16 @@ class TablePlan:
     def _table(self, values: np.ndarray) -> list[_Follower]:
         table = self.table
         shape, dtype = self.artifact.weight_info(table.weight)
+        if table.codec is not None:
+            from embcli.quantized import encoded_rows
+
+            cast_values(values, np.dtype(np.float32), allow_lossy=self.allow_lossy)
+            followers = []
+            for weight, stored in encoded_rows(self.artifact, table, values).items():
+                part_shape, part_dtype = self.artifact.weight_info(weight)
+                followers.append(_Follower(weight, part_shape, 0, part_dtype, stored))
+            followers.sort(key=lambda f: f.weight != table.weight)
+            return followers
         if table.quantized == "int8" and table.scale is not None:
             cast_values(values, np.dtype(np.float32), allow_lossy=self.allow_lossy)
             quantized, scales = quantize_rows(values)
@@ -149,6 +179,10 @@ class TablePlan:
         """An untied output table of the same layer, `(dim, rows)`: its added columns get
         the same init, computed over its own columns."""
         table = self.table
+        if table.codec is not None and table.codec.reverse is not None:
+            raise UnsupportedEdit(
+                f"{table.name}: a quantized untied output table cannot be changed yet"
+            )
         siblings = [
             t
             for t in list_tables(self.artifact, all_weights=True)
@@ -169,6 +203,18 @@ class TablePlan:
         shape, dtype = self.artifact.weight_info(reverse[0].weight)
         columns = cast_values(self._columns_by_init(reverse[0].weight, count), dtype)
         return [_Follower(reverse[0].weight, shape, 1, dtype, columns, reverse[0])]
+
+    def _output_biases(self, count: int) -> list[_Follower]:
+        """A task head's bias over the table's rows (keras-hub's `MaskedLMHead`), which
+        the format module names: added entries take the old entries' mean."""
+        followers = []
+        for weight in self.artifact.output_biases(self.table):
+            shape, dtype = self.artifact.weight_info(weight)
+            old = self.artifact.read(weight, slice(None)).astype(np.float64)
+            bias = cast_values(np.full(count, old.mean() if len(old) else 0.0), dtype)
+            trained = replace(self.table, weight=weight, shape=shape, owner=weight, codec=None)
+            followers.append(_Follower(weight, shape, 0, dtype, bias, trained))
+        return followers
 
     def _columns_by_init(self, weight: str, count: int) -> np.ndarray:
         """`count` new columns for a `(k, rows)` weight, by `init` over its columns."""
@@ -227,7 +273,7 @@ class TablePlan:
         shape[follower.axis] = rows.rows
         artifact, weight, axis = self.artifact, follower.weight, follower.axis
         row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * follower.dtype.itemsize
-        step = max(1, BLOCK_BYTES // max(1, row_bytes))
+        step = max(1, COPY_BLOCK_BYTES // max(1, row_bytes))
         sources = rows.sources
         old = sources != NEW_ROW
         ordinals = rows.ordinals()
@@ -250,8 +296,7 @@ class TablePlan:
                     continue
                 block = np.empty((stop - start, *shape[1:]), dtype=follower.dtype)
                 if block_old.any():
-                    unique, inverse = np.unique(block_sources[block_old], return_inverse=True)
-                    block[block_old] = artifact.read(weight, unique)[inverse]
+                    block[block_old] = _gather(artifact, weight, block_sources[block_old])
                 if (~block_old).any():
                     block[~block_old] = added[ordinals[start:stop][~block_old]]
                 yield block
@@ -266,6 +311,21 @@ class TablePlan:
                 yield block
 
         return NewWeight(tuple(shape), follower.dtype, along_rows if axis == 0 else along_columns)
+
+
+SPAN_READ_FACTOR = 4
+
+
+def _gather(artifact: ModelFile, weight: str, sources: np.ndarray) -> np.ndarray:
+    """Stored rows `sources` (any order, repeats allowed) of a weight. Rows that lie
+    close together are read as the one range that covers them, which is much faster
+    than many small reads; scattered rows are read one run at a time."""
+    unique, inverse = np.unique(sources, return_inverse=True)
+    first, last = int(unique[0]), int(unique[-1])
+    if last - first + 1 <= SPAN_READ_FACTOR * len(unique):
+        span = artifact.read(weight, slice(first, last + 1))
+        return span[unique - first][inverse]
+    return artifact.read(weight, unique)[inverse]
 
 
 def _sibling(table: Table, weight: str) -> str:

@@ -81,10 +81,14 @@ def parse_rows(specs: Iterable[str], nrows: int, *, unique: bool = False) -> np.
     if not parts:
         raise BadRowSpec("no rows given")
     indices = np.concatenate([parse_one(p, nrows) for p in parts])
-    if unique:
-        values, counts = np.unique(indices, return_counts=True)
-        repeated = values[counts > 1]
-        if repeated.size:
-            shown = ", ".join(str(int(r)) for r in repeated[:10])
-            raise BadRowSpec(f"rows given more than once: {shown}")
+    return refuse_repeats(indices) if unique else indices
+
+
+def refuse_repeats(indices: np.ndarray) -> np.ndarray:
+    """`indices`, refused when a row is named twice (it would take two values)."""
+    values, counts = np.unique(indices, return_counts=True)
+    repeated = values[counts > 1]
+    if repeated.size:
+        shown = ", ".join(str(int(r)) for r in repeated[:10])
+        raise BadRowSpec(f"rows given more than once: {shown}")
     return indices

@@ -53,6 +53,27 @@ SPECIAL_TOKEN_ARGUMENTS = (
 )
 SPECIAL_TOKEN_LIST_ARGUMENTS = ("special_tokens", "misc_special_tokens", "unsplittable_tokens")
 MAX_CONFIG_BYTES = 1 << 26
+PRESET = "preset"
+ARCHIVE = "archive"
+BACKBONE_SUFFIX = "Backbone"
+BACKBONE_SIZE_KEY = "vocabulary_size"
+
+
+@dataclass(frozen=True)
+class TokenizerFiles:
+    """The files a model's tokenizer may be read from.
+
+    Attributes:
+        files: file name -> bytes (read when looked up), relative to the preset folder
+            or the archive's root: `tokenizer.json`, `assets/...`, `config.json`.
+        layout: `PRESET` (a `tokenizer.json` names the assets) or `ARCHIVE` (assets
+            under the tokenizer's layer path, found by name).
+        config: the model's config, where the backbone's `vocabulary_size` is.
+    """
+
+    files: Mapping[str, bytes]
+    layout: str
+    config: dict | None
 
 
 @dataclass(frozen=True)
@@ -168,6 +189,39 @@ def read_asset(asset: VocabularyAsset, files: Mapping[str, bytes]) -> TokenizerV
 def read_preset_vocabulary(files: Mapping[str, bytes]) -> TokenizerVocabulary:
     """The tokens of a keras-hub preset's tokenizer, in id order."""
     return read_asset(preset_vocabulary_asset(files), files)
+
+
+def find_vocabulary_asset(source: TokenizerFiles) -> VocabularyAsset:
+    """The vocabulary file of a preset's or an archive's tokenizer.
+
+    Raises:
+        NoVocabulary: there is none (or, in an archive, more than one).
+        BadVocabulary: the tokenizer config cannot be read.
+    """
+    if source.layout == PRESET:
+        return preset_vocabulary_asset(source.files)
+    config = source.files.get("config.json") if "config.json" in source.files else None
+    return archive_vocabulary_asset(list(source.files), config)
+
+
+def backbone_vocabulary_size(config: Any) -> int | None:
+    """The `vocabulary_size` of the keras-hub backbone a config is or nests (a task's
+    `backbone`), when every backbone config in it agrees on one."""
+    sizes: set[int] = set()
+    stack: list[Any] = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+            inner = node.get("config")
+            name = node.get("class_name")
+            if isinstance(name, str) and name.endswith(BACKBONE_SUFFIX) and isinstance(inner, dict):
+                size = inner.get(BACKBONE_SIZE_KEY)
+                if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+                    sizes.add(size)
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _asset_in(

@@ -1,7 +1,10 @@
 """Vocabularies: which word each row of a table stands for.
 
 A table's vocabulary comes from a `TextVectorization`, `StringLookup` or `IntegerLookup`
-layer that feeds it in the same model, or from a file the user gives. The rows are laid out
+layer that feeds it in the same model, from the model's keras-hub tokenizer (a preset's
+`tokenizer.json` and `assets/tokenizer/...`, a `.keras` archive's tokenizer assets), or
+from a file the user gives (one token a line, a TSV column, or a tokenizer's own file:
+`vocab.json`, `tokenizer.json`, `tokenizer.model`, `*.spm`). The rows are laid out
 the way Keras's `IndexLookup` lays them out: the mask token first (when the layer has one
 and returns integer ids), then `num_oov_indices` OOV tokens, then the vocabulary proper.
 
@@ -22,6 +25,9 @@ import numpy as np
 from embcli.errors import BadVocabulary, NoVocabulary, UnknownToken
 from embcli.formats.base import ModelFile, Table
 from embcli.formats.naming import LAYERS_CONTAINER, TF_KERAS_LAYERS_CONTAINER, groups_from_config
+from embcli.tokenizer_assets import VocabularyAsset
+from embcli.tokenizer_vocab import model_tokenizer, read_tokenizer_file
+from embcli.tokenizers import TokenizerVocabulary
 
 TEXT_VECTORIZATION = "TextVectorization"
 STRING_LOOKUP = "StringLookup"
@@ -46,6 +52,7 @@ ID_PRESERVING_CLASSES = frozenset(
     }
 )
 MAX_VOCABULARY_FILE = 1 << 31
+TOKENIZER_SOURCE = "tokenizer:"
 
 
 class Vocabulary:
@@ -59,12 +66,20 @@ class Vocabulary:
     """
 
     def __init__(
-        self, tokens: Sequence[str], source: str, specials: int = 0, layer: str | None = None
+        self,
+        tokens: Sequence[str],
+        source: str,
+        specials: int = 0,
+        layer: str | None = None,
+        tokenizer: TokenizerVocabulary | None = None,
+        asset: VocabularyAsset | None = None,
     ) -> None:
         self.tokens = list(tokens)
         self.source = source
         self.specials = specials
         self.layer = layer
+        self.tokenizer = tokenizer
+        self.asset = asset
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -84,10 +99,14 @@ class Vocabulary:
         return self._rows.get(token, [])
 
     def row_of(self, token: str) -> int:
-        """The first row that holds `token`. Raises UnknownToken if none does."""
+        """The row of `token`: the first row that holds it, or for a tokenizer's
+        vocabulary the id the tokenizer gives it (a repeated token's last row). Raises
+        UnknownToken if no row does."""
         rows = self._rows.get(token)
         if not rows:
             raise UnknownToken(f"{token!r} is not in the vocabulary ({self.source})")
+        if self.tokenizer is not None:
+            return self.tokenizer.ids.get(token, rows[-1])
         return rows[0]
 
     def token_at(self, row: int) -> str | None:
@@ -110,6 +129,10 @@ def load_vocabulary_file(path: str | Path, column: str | None = None) -> Vocabul
     """Tokens from a file: one per line, or with `column` a TSV with a header row.
 
     Only line breaks end a line (`\\n`, `\\r\\n`); blank lines at the end are dropped.
+    A tokenizer's own file is read as its format says, told by its name and content:
+    a JSON token -> id map (`vocab.json`), a Hugging Face `tokenizer.json` (or a keras-hub
+    preset's, whose vocabulary is under `assets/` beside it), a SentencePiece model
+    (`tokenizer.model`, `*.spm`).
     """
     path = Path(path)
     try:
@@ -120,6 +143,10 @@ def load_vocabulary_file(path: str | Path, column: str | None = None) -> Vocabul
         raise BadVocabulary(f"{path}: no such file") from None
     except IsADirectoryError:
         raise BadVocabulary(f"{path}: is a folder, not a vocabulary file") from None
+    if column is None:
+        tokenizer = read_tokenizer_file(path, data)
+        if tokenizer is not None:
+            return Vocabulary(tokenizer.tokens, f"file:{path}", tokenizer=tokenizer)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -371,14 +398,13 @@ def _rules(layer: _Layer) -> _LookupRules | None:
     if config.get("output_mode", "int") != "int" or config.get("invert", False):
         return None
     if layer.class_name == TEXT_VECTORIZATION:
-        mask, oov, num_oov = TEXT_VECTORIZATION_SPECIALS
-        return _LookupRules(mask, oov, num_oov, False)
+        return _LookupRules(*TEXT_VECTORIZATION_SPECIALS, False)
     integer = layer.class_name == INTEGER_LOOKUP
     num_oov = config.get("num_oov_indices", 1)
     if not isinstance(num_oov, int) or isinstance(num_oov, bool) or num_oov < 0:
         return None
-    mask = config.get("mask_token")
-    oov = config.get("oov_token", DEFAULT_OOV[layer.class_name])
+    mask: Any = config.get("mask_token")
+    oov: Any = config.get("oov_token", DEFAULT_OOV[layer.class_name])
     if integer:
         mask = _as_int(mask)
         oov = _as_int(oov)
@@ -459,13 +485,15 @@ def find_vocabulary(model: ModelFile, table: Table) -> Vocabulary | None:
     through layers that keep token ids as they are. When the graph does not tell, a
     model with exactly one lookup layer whose size matches the table's rows is used.
     """
+    if not table.is_embedding:
+        return None
     config = model.config()
-    if not isinstance(config, dict) or not table.is_embedding:
-        return None
-    graph = _ModelGraph(config)
-    lookups = [layer for layer in graph.lookups() if _rules(layer) is not None]
+    lookups: list[_Layer] = []
+    if isinstance(config, dict):
+        graph = _ModelGraph(config)
+        lookups = [layer for layer in graph.lookups() if _rules(layer) is not None]
     if not lookups:
-        return None
+        return tokenizer_vocabulary(model, table)
     layer, exact = graph.find(table)
     feeders: list[_Layer] = []
     conclusive = False
@@ -483,6 +511,18 @@ def find_vocabulary(model: ModelFile, table: Table) -> Vocabulary | None:
     if vocabulary is not None and len(vocabulary) == table.rows:
         return vocabulary
     return None
+
+
+def tokenizer_vocabulary(model: ModelFile, table: Table) -> Vocabulary | None:
+    """The vocabulary of a keras-hub model's tokenizer, for the table it indexes (see
+    `embcli.tokenizer_vocab.model_tokenizer`)."""
+    found = model_tokenizer(model, table)
+    if found is None:
+        return None
+    tokenizer, asset = found
+    return Vocabulary(
+        tokenizer.tokens, f"{TOKENIZER_SOURCE}{asset.name}", tokenizer=tokenizer, asset=asset
+    )
 
 
 def table_vocabulary(

@@ -33,3 +33,42 @@ def runner():
     from click.testing import CliRunner
 
     return CliRunner()
+
+
+# Tests that ask Keras or TensorFlow (in-process or through an oracle subprocess) are
+# marked so that `pytest -m "not keras and not tensorflow"` is a fast tier, and are
+# skipped with a reason, never failed, where the oracle is not installed.
+KERAS_SIGNS = ("keras_tables(", "keras_check(", "keras_lookup(", "import keras", "tf_keras")
+TENSORFLOW_SIGNS = ("import tensorflow", "tf.train.", "tensorflow")
+
+
+def _source(item) -> str:
+    import inspect
+
+    try:
+        return inspect.getsource(item.function)
+    except (OSError, TypeError, AttributeError):
+        return ""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        source = _source(item)
+        if any(sign in source for sign in KERAS_SIGNS):
+            item.add_marker(pytest.mark.keras)
+        if any(sign in source for sign in TENSORFLOW_SIGNS):
+            item.add_marker(pytest.mark.tensorflow)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.fixture(autouse=True)
+def _skip_without_oracles(request):
+    if request.node.get_closest_marker("keras") and not _installed("keras"):
+        pytest.skip("Keras, the oracle, is not installed (pip install '.[test]')")
+    if request.node.get_closest_marker("tensorflow") and not _installed("tensorflow"):
+        pytest.skip("TensorFlow is not installed (pip install '.[test]')")

@@ -41,7 +41,7 @@ layer = find(model, name)
 report = {"input_dim": int(getattr(layer, "input_dim", -1))}
 table = layer.embeddings
 values = np.asarray(keras.ops.convert_to_numpy(table) if hasattr(keras, "ops") else table.numpy())
-if getattr(layer, "quantization_mode", None) == "int8":
+if getattr(layer, "quantization_mode", None):
     ids = np.arange(layer.input_dim)
     values = np.asarray(layer(ids))
 out = {"table": values.astype(np.float32)}

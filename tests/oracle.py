@@ -41,7 +41,7 @@ else:
 out = {}
 for name in names:
     layer = find(model, name)
-    if getattr(layer, "quantization_mode", None) == "int8":
+    if getattr(layer, "quantization_mode", None):
         values = layer(np.arange(layer.input_dim))
     else:
         values = layer.embeddings

@@ -237,3 +237,13 @@ def test_silence_stdout_lets_a_closed_pipe_end_quietly():
 
 def test_csv_keeps_a_lone_empty_field():
     assert read_csv(to_csv([[""], ["a"]], ["token"]) + "\n") == [["token"], [""], ["a"]]
+
+
+def test_float64_values_print_as_numbers():
+    import numpy as np
+
+    from embcli.output import number_text, vector_text
+
+    assert number_text(np.float64(0.1)) == "0.1"
+    assert vector_text(np.array([0.1, -2.5e-300], dtype=np.float64)) == "0.1 -2.5e-300"
+    assert number_text(np.float32(0.1)) == "0.1"

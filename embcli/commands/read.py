@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -158,7 +159,7 @@ def rows(
     from embcli.model import find_table, open_model, read_rows
     from embcli.output import aligned, to_csv, to_json, vector_text
     from embcli.rowspec import parse_rows
-    from embcli.vocab import require_vocabulary, table_vocabulary, token_rows
+    from embcli.vocab import Vocabulary, require_vocabulary, table_vocabulary, token_rows
 
     mode = output_mode(as_json, as_csv)
     reject_unknown_options(row)
@@ -167,6 +168,7 @@ def rows(
         raise click.UsageError("give at least one ROW (an index or a slice) or --token WORD")
     with open_model(model) as opened:
         table = find_table(opened, layer)
+        vocabulary: Vocabulary | None
         if tokens:
             vocabulary = require_vocabulary(opened, table, vocab_path, vocab_column)
         else:
@@ -176,14 +178,14 @@ def rows(
             if problem:
                 warn(problem)
         indices = parse_rows(row, table.rows) if row else np.zeros(0, dtype=np.int64)
-        if tokens:
+        if tokens and vocabulary is not None:
             indices = np.concatenate([indices, token_rows(vocabulary, table, tokens, lowercase)])
         values = read_rows(opened, table, indices, raw=raw)
     words = [vocabulary.token_at(int(i)) for i in indices] if vocabulary is not None else None
     if mode == "json":
         records = []
         for at, (i, v) in enumerate(zip(indices, values, strict=True)):
-            record = {"index": int(i)}
+            record: dict[str, Any] = {"index": int(i)}
             if words is not None:
                 record["token"] = words[at]
             record["vector"] = v

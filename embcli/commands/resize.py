@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -13,6 +14,48 @@ INIT_HELP = (
     "How new rows are filled: mean (of the old rows; the default), mean-cov (drawn around "
     "the mean with 1e-9 x their covariance, as Hugging Face does), zeros, or normal:STD."
 )
+
+
+def new_row_options(command: Callable) -> Callable:
+    """The options of commands that write a copy with new rows: how new rows are filled
+    (--init, --seed, --by-token, --format), a --head that follows, and where and how the
+    copy is written (-o, --in-place, --force, --allow-lossy, --json)."""
+    for option in reversed(_NEW_ROW_OPTIONS):
+        command = option(command)
+    return command
+
+
+_NEW_ROW_OPTIONS = [
+    click.option("--init", default="mean", show_default=True, metavar="METHOD", help=INIT_HELP),
+    click.option("--seed", type=int, help="Seed for the random draws of mean-cov and normal."),
+    click.option(
+        "--by-token",
+        "by_token",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="VECTORS",
+        help="Vectors for new tokens from a GloVe/word2vec/fastText/TSV file; the rest by --init.",
+    ),
+    click.option(
+        "--format",
+        "vector_format",
+        type=click.Choice(VECTOR_FORMATS),
+        help="The format of the --by-token file, when its detection guesses wrong.",
+    ),
+    click.option(
+        "--head",
+        metavar="LAYER",
+        help="A Dense layer over the vocabulary whose kernel columns and bias follow the rows.",
+    ),
+    click.option(
+        "-o", "--output", type=click.Path(path_type=Path), help="Where to write the copy."
+    ),
+    click.option("--in-place", is_flag=True, help="Replace MODEL itself, atomically."),
+    click.option("--force", is_flag=True, help="Replace OUTPUT if it exists."),
+    click.option(
+        "--allow-lossy", is_flag=True, help="Write values that overflow the table's dtype."
+    ),
+    click.option("--json", "as_json", is_flag=True, help="Print what changed as JSON."),
+]
 
 
 @click.command()
@@ -40,8 +83,6 @@ INIT_HELP = (
     metavar="M",
     help="Round the row count up to a multiple of M; padding rows have no token.",
 )
-@click.option("--init", default="mean", show_default=True, metavar="METHOD", help=INIT_HELP)
-@click.option("--seed", type=int, help="Seed for the random draws of mean-cov and normal.")
 @click.option(
     "--from",
     "source",
@@ -49,25 +90,7 @@ INIT_HELP = (
     help="The new rows' vectors, one per new row (.npy, .npz, .csv/.tsv/.txt).",
 )
 @click.option("--key", help="The array to use from an .npz file.")
-@click.option("--by-token", "by_token", type=click.Path(dir_okay=False, path_type=Path),
-              metavar="VECTORS", help="Fill added tokens from a GloVe/word2vec/fastText/TSV "
-              "file; the rest by --init.")  # fmt: skip
-@click.option(
-    "--format",
-    "vector_format",
-    type=click.Choice(VECTOR_FORMATS),
-    help="The format of the --by-token file, when its detection guesses wrong.",
-)
-@click.option(
-    "--head",
-    metavar="LAYER",
-    help="A Dense layer over the vocabulary whose kernel and bias grow too.",
-)
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the copy.")
-@click.option("--in-place", is_flag=True, help="Replace MODEL itself, atomically.")
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
-@click.option("--allow-lossy", is_flag=True, help="Write values that overflow the table's dtype.")
-@click.option("--json", "as_json", is_flag=True, help="Print what changed as JSON.")
+@new_row_options
 @vocab_options
 def resize(model: str, layer: str | None, rows: int | None, add: int | None,
            add_token: tuple[str, ...], add_tokens_file: Path | None, pad_to_multiple: int | None,

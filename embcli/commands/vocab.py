@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from embcli.commands.assign import VECTOR_FORMATS
 from embcli.commands.options import (
     check_vocab_options,
     layer_option,
@@ -15,7 +14,7 @@ from embcli.commands.options import (
     output_options,
     vocab_options,
 )
-from embcli.commands.resize import INIT_HELP
+from embcli.commands.resize import new_row_options
 
 
 def _renames(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -89,7 +88,11 @@ def vocab(model: str, layer: str | None, output: Path | None, renames: tuple[str
         raise NoVocabulary(f"no vocabulary is known for {table.name}", remedy="vocab")
     if output is not None:
         text = token_list_text(found.tokens)
-        write_new_file(output, force, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+        def write(temp: Path) -> None:
+            temp.write_text(text, encoding="utf-8")
+
+        write_new_file(output, force, write)
         click.echo(f"wrote {len(found)} tokens of {table.name} to {output}", err=True)
     elif mode == "json":
         click.echo(to_json({"layer": table.name, "source": found.source, "tokens": found.tokens}))
@@ -109,33 +112,13 @@ def vocab(model: str, layer: str | None, output: Path | None, renames: tuple[str
               path_type=Path), metavar="NEW_VOCAB",
               help="The new vocabulary, one token a line in the new row order (as `vocab -o` "
               "writes it).")  # fmt: skip
-@click.option("--init", default="mean", show_default=True, metavar="METHOD", help=INIT_HELP)
-@click.option("--seed", type=int, help="Seed for the random draws of mean-cov and normal.")
-@click.option("--by-token", "by_token", type=click.Path(dir_okay=False, path_type=Path),
-              metavar="VECTORS", help="Vectors for new tokens from a GloVe/word2vec/fastText/"
-              "TSV file; the rest by --init.")  # fmt: skip
-@click.option(
-    "--format",
-    "vector_format",
-    type=click.Choice(VECTOR_FORMATS),
-    help="The format of the --by-token file, when its detection guesses wrong.",
-)
-@click.option(
-    "--head",
-    metavar="LAYER",
-    help="A Dense layer over the vocabulary whose kernel and bias move too.",
-)
 @click.option(
     "--map-out",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="FILE",
     help="Write old_index<TAB>new_index for each kept row to FILE.",
 )
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the copy.")
-@click.option("--in-place", is_flag=True, help="Replace MODEL itself, atomically.")
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
-@click.option("--allow-lossy", is_flag=True, help="Write values that overflow the table's dtype.")
-@click.option("--json", "as_json", is_flag=True, help="Print what changed as JSON.")
+@new_row_options
 @vocab_options
 def remap(model: str, layer: str | None, new_vocabulary: Path, init: str, seed: int | None,
           by_token: Path | None, vector_format: str | None, head: str | None,

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -46,12 +46,15 @@ class Table:
         is_embedding: False for 2-D weights listed only by `--all`.
         aliases: other names `--layer` accepts for this table.
         owner: the layer's path or group, which assets and optimizer slots refer to.
+        codec: for quantized tables, how the layer stores its rows (an
+            `embcli.quantization.LayerCodecs`); `shape` is then the table's shape as
+            the model sees it, not the stored one.
     """
 
     name: str
     qualified: str
     class_name: str | None
-    shape: tuple[int, int]
+    shape: tuple[int, ...]
     dtype: str
     weight: str
     quantized: str | None = None
@@ -59,6 +62,7 @@ class Table:
     is_embedding: bool = True
     aliases: tuple[str, ...] = ()
     owner: str = ""
+    codec: Any = field(default=None, compare=False, repr=False)
 
     @property
     def rows(self) -> int:
@@ -186,6 +190,11 @@ class ModelFile(ABC):
         """Weights of the saved optimizer state that hold per-row state for `table`."""
         return []
 
+    def output_biases(self, table: Table) -> list[str]:
+        """Weights that hold one bias per row of `table` (a task head over the
+        vocabulary) and must follow its rows."""
+        return []
+
     def weights_of(self, table: Table) -> list[str]:
         """Every weight of the layer that owns `table` (its bias, say), in order."""
         return [table.weight]
@@ -305,7 +314,7 @@ class H5Source:
     def __init__(
         self,
         path: Path,
-        source: object | None = None,
+        source: Any = None,
         size: int | None = None,
         base_offset: int = 0,
     ) -> None:

@@ -14,8 +14,10 @@ import os
 import re
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,22 +29,35 @@ from embcli.formats.base import (
     Table,
     numpy_dtype,
     slots_by_shape,
-    snake_to_class,
     vars_index,
 )
 from embcli.formats.keras3_write import Keras3Writing
 from embcli.formats.naming import (
+    EMBEDDING_CONFIG_KEYS,
+    KNOWN_SUBLAYER_CLASSES,
     LAYERS_CONTAINER,
     TF_KERAS_LAYERS_CONTAINER,
     ConfigLayer,
+    class_from_auto_name,
+    class_from_group,
     groups_from_config,
+    names_an_embedding,
+    serialized_layers,
 )
 from embcli.formats.registry import ArtifactKind, Probe
+from embcli.formats.side_files import (
+    TOKENIZER_CONFIG_FILE,
+    LazyFiles,
+    folder_tokenizer_files,
+    is_plain_file,
+    read_small,
+)
 from embcli.guarded import (
     ZIP_EMPTY_SIGNATURE,
     ZIP_ERRORS,
     ZIP_SIGNATURE,
     ByteRange,
+    DatasetInfo,
     FileWindow,
     check_archive,
     check_directory_size,
@@ -54,6 +69,7 @@ from embcli.guarded import (
     read_attr_text,
     read_member,
 )
+from embcli.tokenizer_assets import ARCHIVE, PRESET, TokenizerFiles
 
 CONFIG_FILENAME = "config.json"
 METADATA_FILENAME = "metadata.json"
@@ -66,13 +82,17 @@ NAME_ATTRIBUTE = "name"
 SHARD_MAP_KEY = "weight_map"
 MAX_UNZIPPED_WEIGHTS = 1 << 40
 KERAS_EMBEDDING_CLASS = "Embedding"
-
-# keras-hub layers that hold their tables as attributes, by (parent class, attribute).
-KNOWN_SUBLAYER_CLASSES = {
-    ("TokenAndPositionEmbedding", "token_embedding"): "ReversibleEmbedding",
-    ("TokenAndPositionEmbedding", "position_embedding"): "PositionEmbedding",
+FORMAT_NAMES = {
+    "archive": "keras archive",
+    "folder": "keras folder",
+    "weights": "keras weights",
+    "sharded": "keras sharded weights",
+    "preset": "keras-hub preset",
 }
-_AUTO_EMBEDDING_NAME = re.compile(r"^([a-z0-9_]*embedding)(_\d+)?$")
+FOLDER_KINDS = ("folder", "preset")
+# Task layers whose 1-D weight is a bias over the vocabulary (keras-hub's MaskedLMHead).
+OUTPUT_BIAS_CLASSES = ("MaskedLMHead",)
+
 _CONTAINER_PARTS = {LAYERS_CONTAINER, TF_KERAS_LAYERS_CONTAINER}
 
 
@@ -91,31 +111,24 @@ class Keras3File(Keras3Writing, ModelFile):
     def __init__(self, path: Path, kind: str) -> None:
         super().__init__(path)
         self.kind = kind
-        self.format_name = {
-            "archive": "keras archive",
-            "folder": "keras folder",
-            "weights": "keras weights",
-            "sharded": "keras sharded weights",
-        }[kind]
+        self.format_name = FORMAT_NAMES[kind]
         self._fd: int | None = None
         self._archive: zipfile.ZipFile | None = None
         self._member: zipfile.ZipInfo | None = None
         self._member_offset: int | None = None
-        self._spill = None
+        self._spill: Any = None
         self._config: dict | None = None
         self._config_indent: int | None = None
         self._shard_map: dict | None = None
         self._sources: dict[str, H5Source] = {}
         self._location: dict[str, str] = {}
+        self._prefixes: dict[str, str] = {}
         try:
-            {
-                "archive": self._open_archive,
-                "folder": self._open_folder,
-                "weights": self._open_weights,
-                "sharded": self._open_sharded,
-            }[kind]()
+            getattr(self, f"_open_{kind}")()
             self._owners = self._find_owners()
-            self._names = groups_from_config(self._config) if self._config else {}
+            self._names: dict[str, ConfigLayer] = (
+                groups_from_config(self._config) if self._config else {}
+            )
         except BaseException:
             self.close()
             raise
@@ -160,7 +173,7 @@ class Keras3File(Keras3Writing, ModelFile):
         spill = tempfile.TemporaryFile(prefix="embcli-")  # noqa: SIM115
         written = 0
         try:
-            with self._archive.open(info) as member:
+            with self._zip.open(info) as member:
                 while chunk := member.read(1 << 20):
                     written += len(chunk)
                     if written > info.file_size:
@@ -176,7 +189,7 @@ class Keras3File(Keras3Writing, ModelFile):
         check_folder(self.path)
         config_path = self.path / CONFIG_FILENAME
         if config_path.is_file():
-            self._config = self._parse_config(_read_small(config_path))
+            self._config = self._parse_config(read_small(config_path))
         weights = self.path / WEIGHTS_FILENAME
         if weights.is_symlink() or not weights.is_file():
             raise MalformedFile(f"{self.path}: the folder has no {WEIGHTS_FILENAME}")
@@ -186,17 +199,20 @@ class Keras3File(Keras3Writing, ModelFile):
         self._sources[""] = H5Source(self.path)
 
     def _open_sharded(self) -> None:
-        index = parse_json(_read_small(self.path), str(self.path))
+        self._open_shards(self.path)
+
+    def _open_shards(self, index_path: Path) -> None:
+        index = parse_json(read_small(index_path), str(index_path))
         weight_map = index.get(SHARD_MAP_KEY) if isinstance(index, dict) else None
         if not isinstance(weight_map, dict):
-            raise MalformedFile(f"{self.path}: no {SHARD_MAP_KEY} in the shard index")
+            raise MalformedFile(f"{index_path}: no {SHARD_MAP_KEY} in the shard index")
         self._shard_map = index
         for shard in shard_names(weight_map):
-            shard_path = self.path.parent / shard
+            shard_path = index_path.parent / shard
             if shard_path.is_symlink():
-                raise UnsafeFile(f"{self.path}: shard {shard} is a symbolic link")
+                raise UnsafeFile(f"{index_path}: shard {shard} is a symbolic link")
             if not shard_path.is_file():
-                raise MalformedFile(f"{self.path}: shard {shard} is missing")
+                raise MalformedFile(f"{index_path}: shard {shard} is missing")
             self._sources[shard] = H5Source(shard_path)
 
     def _parse_config(self, text: bytes) -> dict:
@@ -211,13 +227,14 @@ class Keras3File(Keras3Writing, ModelFile):
     def _find_owners(self) -> dict[str, _Owner]:
         owners: dict[str, _Owner] = {}
         for key, source in self._sources.items():
+            prefix = self._prefixes.get(key, "")
             for path in source.index.datasets:
-                self._location.setdefault(path, key)
+                self._location.setdefault(prefix + path, key)
             for group in source.index.groups:
                 parts = group.split("/")
                 if parts[-1] != VARS_GROUP:
                     continue
-                owner_path = "/".join(parts[:-1])
+                owner_path = (prefix + "/".join(parts[:-1])).rstrip("/")
                 owner = owners.setdefault(owner_path, _Owner(owner_path, [], None))
                 saved = read_attr_text(source.handle[group], NAME_ATTRIBUTE)
                 owner.saved_name = owner.saved_name or saved
@@ -235,7 +252,18 @@ class Keras3File(Keras3Writing, ModelFile):
         key = self._location.get(path)
         if key is None:
             raise MalformedFile(f"no weight {weight!r} in {self.path}")
-        return self._sources[key], path
+        return self._sources[key], path[len(self._prefixes.get(key, "")) :]
+
+    def _in_file(self, path: str) -> str:
+        """A weight's path inside its own file (without the prefix of a second file)."""
+        key = self._location.get(path.strip("/"))
+        return path.strip("/")[len(self._prefixes.get(key, "")) :] if key is not None else path
+
+    def _info(self, weight: str) -> DatasetInfo:
+        """A weight's dataset info, with the weight's path as embcli shows it."""
+        source, path = self._source(weight)
+        info = source.info(path)
+        return info if path == weight.strip("/") else replace(info, path=weight.strip("/"))
 
     def weight_info(self, weight: str) -> tuple[tuple[int, ...], np.dtype]:
         source, path = self._source(weight)
@@ -263,16 +291,17 @@ class Keras3File(Keras3Writing, ModelFile):
             if member in self._archive.namelist():
                 return read_member(self._archive, member)
             return None
-        if self.kind == "folder":
+        if self.kind in FOLDER_KINDS:
             path = self.path / ASSETS_DIRNAME / name
             if path.is_file() and not path.is_symlink():
-                return _read_small(path)
+                return read_small(path)
         return None
 
     def tables(self, all_weights: bool = False) -> list[Table]:
         found = []
         for owner in sorted(self._owners.values(), key=lambda o: o.group):
-            if not owner.group or owner.group.split("/")[0] == OPTIMIZER_GROUP:
+            group = self._in_file(owner.datasets[0]) if owner.datasets else ""
+            if not owner.group or group.split("/")[0] == OPTIMIZER_GROUP:
                 continue
             found.extend(self._owner_tables(owner, all_weights))
         return found
@@ -313,23 +342,39 @@ class Keras3File(Keras3Writing, ModelFile):
         return self._own_name(group) or self._qualified(group)
 
     def _class_name(self, group: str) -> str | None:
+        return self._class_and_config(group)[0]
+
+    def _class_and_config(self, group: str) -> tuple[str | None, dict | None]:
+        """A layer's class, and its config where the model's config holds one.
+
+        In order: the config's layer lists; the group name Keras derived from the class
+        in a container; keras-hub's known attributes; a sublayer the config serializes
+        under the layer's saved name; a saved name Keras gave after the class."""
         known = self._config_layer(group)
         if known is not None:
-            return known.class_name
+            return known.class_name, known.config
         parts = group.split("/")
         if len(parts) >= 2 and self._is_container("/".join(parts[:-1])):
-            return snake_to_class(parts[-1])
+            return class_from_group(parts[-1]), None
         if len(parts) >= 2:
             parent = "/".join(parts[:-1])
             parent_class = self._class_name(parent) if parent else None
             if parent_class and (parent_class, parts[-1]) in KNOWN_SUBLAYER_CLASSES:
-                return KNOWN_SUBLAYER_CLASSES[(parent_class, parts[-1])]
+                return KNOWN_SUBLAYER_CLASSES[(parent_class, parts[-1])], None
         saved = self._owners.get(group)
         if saved and saved.saved_name:
-            auto = _AUTO_EMBEDDING_NAME.match(saved.saved_name)
-            if auto:
-                return snake_to_class(auto.group(1))
-        return None
+            serialized = self._serialized_layers.get(saved.saved_name)
+            if serialized is not None:
+                return serialized
+            auto = class_from_auto_name(saved.saved_name)
+            if auto is not None:
+                return auto, None
+        return None, None
+
+    @cached_property
+    def _serialized_layers(self) -> dict[str, tuple[str, dict]]:
+        listed = {id(entry.config) for entry in self._names.values()}
+        return serialized_layers(self._config, listed)
 
     def _is_container(self, group: str) -> bool:
         """Whether a group holds a list of objects, whose names Keras derives from their
@@ -337,18 +382,22 @@ class Keras3File(Keras3Writing, ModelFile):
         last = group.rsplit("/", 1)[-1]
         return last in _CONTAINER_PARTS or (bool(group) and group not in self._owners)
 
-    def _looks_like_embedding(self, owner: _Owner, class_name: str | None, infos) -> bool:
-        """Whether a layer is a table. Without its class (a sublayer kept as an attribute
-        of a custom layer), a layer whose only weight is one matrix, or an int8 matrix
-        with its per-row scale, is taken for one, as is an attribute named *embedding."""
+    def _looks_like_embedding(
+        self, owner: _Owner, class_name: str | None, config: dict | None, infos
+    ) -> bool:
+        """Whether a layer is a table: its class ends in `Embedding`, or its config is an
+        Embedding's (`input_dim`, `output_dim`). A sublayer of unknown class is one only
+        when its attribute or saved name says so (`token_embedding`, `table_emb`), or
+        when it holds an int8 matrix with its per-row scale; a bare 2-D kernel is not."""
         if class_name is not None:
-            return class_name.endswith(EMBEDDING_SUFFIX)
-        attribute = owner.group.rsplit("/", 1)[-1]
-        if re.search(r"(^|_)(embedding|embeddings)$", attribute):
+            if class_name.endswith(EMBEDDING_SUFFIX):
+                return True
+            return isinstance(config, dict) and all(k in config for k in EMBEDDING_CONFIG_KEYS)
+        attribute = owner.group.rsplit("/", 1)[-1].lstrip("_")
+        names = [attribute.lower(), (owner.saved_name or "").lower()]
+        if any(names_an_embedding(name) for name in names):
             return True
         shapes = [info.shape for info in infos]
-        if len(shapes) == 1 and len(shapes[0]) == 2:
-            return True
         return (
             len(shapes) == 2
             and len(shapes[0]) == 2
@@ -357,8 +406,8 @@ class Keras3File(Keras3Writing, ModelFile):
         )
 
     def _owner_tables(self, owner: _Owner, all_weights: bool) -> list[Table]:
-        infos = [self._source(path)[0].info(path) for path in owner.datasets]
-        class_name = self._class_name(owner.group)
+        infos = [self._info(path) for path in owner.datasets]
+        class_name, layer_config = self._class_and_config(owner.group)
         if class_name == KERAS_EMBEDDING_CLASS and infos and len(infos[0].shape) != 2:
             raise MalformedFile(
                 f"{infos[0].path}: an Embedding table has 2 dimensions, not {len(infos[0].shape)}"
@@ -366,7 +415,7 @@ class Keras3File(Keras3Writing, ModelFile):
         matrices = [info for info in infos if len(info.shape) == 2]
         if not matrices:
             return []
-        is_embedding = self._looks_like_embedding(owner, class_name, infos)
+        is_embedding = self._looks_like_embedding(owner, class_name, layer_config, infos)
         name = self._layer_name(owner.group)
         qualified = self._qualified(owner.group)
         found = []
@@ -415,14 +464,15 @@ class Keras3File(Keras3Writing, ModelFile):
         slots = [
             path
             for path in self._location
-            if path.startswith(f"{OPTIMIZER_GROUP}/") and self.weight_info(path)[0] == table.shape
+            if self._in_file(path).startswith(f"{OPTIMIZER_GROUP}/")
+            and self.weight_info(path)[0] == table.shape
         ]
         if not slots:
             return []
         others = [
             path
             for path in self._location
-            if not path.startswith(f"{OPTIMIZER_GROUP}/")
+            if not self._in_file(path).startswith(f"{OPTIMIZER_GROUP}/")
             and path != table.weight
             and self.weight_info(path)[0] == table.shape
         ]
@@ -445,12 +495,57 @@ class Keras3File(Keras3Writing, ModelFile):
         )
         return known.config if known is not None else None
 
+    def tokenizer_files(self) -> TokenizerFiles | None:
+        """Where this model's tokenizer vocabulary may be: a `.keras` archive's (or an
+        unzipped model folder's) assets, or, for a `.weights.h5` or a shard index inside
+        a keras-hub preset folder, that preset's files. Files are read only when looked up."""
+        if self._archive is not None:
+            archive = self._archive
+            names = [n for n in archive.namelist() if n.startswith(f"{ASSETS_DIRNAME}/")]
+            if CONFIG_FILENAME in archive.namelist():
+                names.append(CONFIG_FILENAME)
+            files = LazyFiles(names, lambda name: read_member(archive, name))
+            return TokenizerFiles(files, ARCHIVE, self._config)
+        folder = self.path if self.kind in FOLDER_KINDS else None
+        config = self._config
+        if self.kind in ("weights", "sharded") and is_plain_file(
+            self.path.parent / TOKENIZER_CONFIG_FILE
+        ):
+            folder = self.path.parent
+            config_path = folder / CONFIG_FILENAME
+            if is_plain_file(config_path):
+                config = self._parse_json_file(config_path)
+        if folder is None:
+            return None
+        return TokenizerFiles(
+            folder_tokenizer_files(folder),
+            PRESET if is_plain_file(folder / TOKENIZER_CONFIG_FILE) else ARCHIVE,
+            config,
+        )
+
+    def _parse_json_file(self, path: Path) -> dict | None:
+        document = parse_json(read_small(path), str(path))
+        return document if isinstance(document, dict) else None
+
+    def output_biases(self, table: Table) -> list[str]:
+        """The output biases over `table`'s rows: the 1-D weight of each task head that
+        keras-hub gives one (`MaskedLMHead`), when its length is the table's rows."""
+        found = []
+        for owner in self._owners.values():
+            if self._class_name(owner.group) not in OUTPUT_BIAS_CLASSES:
+                continue
+            for path in owner.datasets:
+                if self.weight_info(path)[0] == (table.rows,):
+                    found.append(path)
+        return found
+
     def close(self) -> None:
         for source in self._sources.values():
             source.close()
         self._sources = {}
         if self._archive is not None:
-            self._archive.fp.close()
+            if self._archive.fp is not None:
+                self._archive.fp.close()
             self._archive.close()
             self._archive = None
         if self._spill is not None:
@@ -481,12 +576,6 @@ def _indent_of(text: bytes) -> int | None:
     """The indent a JSON text was written with, or None for a single line."""
     match = re.match(rb"\{\r?\n( +)", text)
     return len(match.group(1)) if match else None
-
-
-def _read_small(path: Path, limit: int = 256 * 1024 * 1024) -> bytes:
-    if path.stat().st_size > limit:
-        raise UnsafeFile(f"{path} is larger than {limit} bytes")
-    return path.read_bytes()
 
 
 def _is_archive(probe: Probe) -> bool:

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from embcli.errors import MalformedFile, UnsafeFile, UnsupportedEdit
 from embcli.formats.base import (
@@ -42,7 +42,7 @@ class Keras3Writing:
     _archive: zipfile.ZipFile | None
     _member: zipfile.ZipInfo | None
     _member_offset: int | None
-    _spill: object | None
+    _spill: Any
     _config_indent: int | None
     _shard_map: dict | None
     _sources: dict[str, H5Source]
@@ -52,12 +52,30 @@ class Keras3Writing:
     def _source(self, weight: str) -> tuple[H5Source, str]:
         raise NotImplementedError
 
+    @property
+    def _zip(self) -> zipfile.ZipFile:
+        if self._archive is None:
+            raise UnsupportedEdit(f"{self.path} is not an archive")
+        return self._archive
+
+    @property
+    def _zip_member(self) -> zipfile.ZipInfo:
+        if self._member is None:
+            raise UnsupportedEdit(f"{self.path} is not an archive")
+        return self._member
+
+    @property
+    def _open_fd(self) -> int:
+        if self._fd is None:
+            raise UnsupportedEdit(f"{self.path} is not open")
+        return self._fd
+
     def plan_write(self, output, patches, in_place) -> WritePlan:
         by_source: dict[str, list[tuple[int, bytes]]] = {}
         checks: dict[str, list] = {}
         for weight, (rows, values) in patches.items():
             source, path = self._source(weight)
-            key = self._location[path]
+            key = self._location[weight.strip("/")]
             by_source.setdefault(key, []).extend(source.patches(path, rows, values))
             checks.setdefault(key, []).append((path, rows, values))
         if self.kind == "archive":
@@ -67,8 +85,8 @@ class Keras3Writing:
                 output, self.path, patches=by_source.get("", []), checks=checks.get("", [])
             )
             return WritePlan(output, [plan])
-        if self.kind == "folder":
-            return self._plan_folder(output, by_source.get("", []), checks.get("", []), in_place)
+        if self.kind in ("folder", "preset"):
+            return self._plan_folder(output, by_source, checks, in_place)
         return self._plan_sharded(output, by_source, checks, in_place)
 
     def plan_edit(self, output: Path, edit: Edit, in_place: bool) -> WritePlan:
@@ -82,27 +100,27 @@ class Keras3Writing:
             key = self._location.get(path)
             if key is None:
                 key = self._shard_for_new_weight(path)
-            by_source.setdefault(key, {})[path] = new
+            by_source.setdefault(key, {})[self._in_file(path)] = new
         checks: dict[str, list] = {}
         for weight, rows, expected in edit.checks:
             key = self._location.get(weight.strip("/"), next(iter(by_source), ""))
-            checks.setdefault(key, []).append((weight, rows, expected))
+            checks.setdefault(key, []).append((self._in_file(weight), rows, expected))
         config = self._config_bytes(edit.config) if edit.config is not None else None
         if self.kind == "archive":
             rebuild = self._rewrite_archive(by_source.get("", {}), config, edit.assets)
             return WritePlan(
-                output, [FilePlan(output, self.path, checks=checks.get(""), rebuild=rebuild)]
+                output, [FilePlan(output, self.path, checks=checks.get("", []), rebuild=rebuild)]
             )
         if self.kind == "weights":
             plan = FilePlan(
                 output,
                 self.path,
-                checks=checks.get(""),
+                checks=checks.get("", []),
                 rebuild=self._rewrite("", by_source.get("", {})),
             )
             return WritePlan(output, [plan])
-        if self.kind == "folder":
-            return self._plan_folder_edit(output, by_source.get("", {}), config, edit, checks)
+        if self.kind in ("folder", "preset"):
+            return self._plan_folder_edit(output, by_source, config, edit, checks)
         return self._plan_sharded_edit(output, by_source, checks, in_place)
 
     def _shard_for_new_weight(self, path: str) -> str:
@@ -134,7 +152,7 @@ class Keras3Writing:
         if config is not None:
             replaced[CONFIG_FILENAME] = config
         for name in replaced:
-            if name not in self._archive.namelist():
+            if name not in self._zip.namelist():
                 raise UnsupportedEdit(f"the archive has no {name} to replace")
         source = self._sources[""]
 
@@ -144,7 +162,7 @@ class Keras3Writing:
                 rewrite_h5(source.handle, weights_file, weights)
             try:
                 with zipfile.ZipFile(target, "w", allowZip64=True) as out:
-                    for info in self._archive.infolist():
+                    for info in self._zip.infolist():
                         copy = _copy_info(info)
                         large = info.file_size > 1 << 31
                         with out.open(copy, "w", force_zip64=large) as dst:
@@ -154,18 +172,26 @@ class Keras3Writing:
                             elif info.filename in replaced:
                                 dst.write(replaced[info.filename])
                             else:
-                                with self._archive.open(info) as src:
+                                with self._zip.open(info) as src:
                                     shutil.copyfileobj(src, dst, 1 << 20)
             finally:
                 weights_file.unlink(missing_ok=True)
 
         return write
 
-    def _plan_folder_edit(self, output, weights, config, edit: Edit, checks) -> WritePlan:
+    def _in_file(self, path: str) -> str:
+        raise NotImplementedError
+
+    def _folder_files(self) -> dict[str, Path]:
+        """Each weights source's file, relative to the folder, by source key."""
+        return {"": Path(WEIGHTS_FILENAME)}
+
+    def _plan_folder_edit(self, output, by_source, config, edit: Edit, checks) -> WritePlan:
         replaced = {Path(ASSETS_DIRNAME) / name: data for name, data in edit.assets.items()}
         if config is not None:
             replaced[Path(CONFIG_FILENAME)] = config
         replaced.update({Path(name): data for name, data in edit.files.items()})
+        keys = {relative: key for key, relative in self._folder_files().items()}
         files = []
         for source in sorted(self.path.rglob("*")):
             if source.is_symlink():
@@ -174,10 +200,14 @@ class Keras3Writing:
                 continue
             relative = source.relative_to(self.path)
             target = output / relative
-            if relative == Path(WEIGHTS_FILENAME) and weights:
+            key = keys.get(relative)
+            if key is not None and by_source.get(key):
                 files.append(
                     FilePlan(
-                        target, source, checks=checks.get(""), rebuild=self._rewrite("", weights)
+                        target,
+                        source,
+                        checks=checks.get(key),
+                        rebuild=self._rewrite(key, by_source[key]),
                     )
                 )
             elif relative in replaced:
@@ -213,8 +243,9 @@ class Keras3Writing:
         return WritePlan(output, files)
 
     def _plan_archive(self, output, patches, checks) -> WritePlan:
-        info = self._member
-        if self._member_offset is None:
+        info = self._zip_member
+        offset = self._member_offset
+        if offset is None:
             return WritePlan(
                 output,
                 [
@@ -223,24 +254,22 @@ class Keras3Writing:
                     )
                 ],
             )
-        fd = self._fd
+        fd = self._open_fd
         crc_offsets = [info.header_offset + 14, self._central_entry_offset(info) + 16]
         if info.flag_bits & 0x8:
-            end = self._member_offset + info.compress_size
+            end = offset + info.compress_size
             signature = os.pread(fd, 4, end)
             crc_offsets.append(end + 4 if signature == b"PK\x07\x08" else end)
-        member = ZipMemberChecksums(
-            self._member_offset, info.file_size, info.CRC, tuple(crc_offsets)
-        )
+        member = ZipMemberChecksums(offset, info.file_size, info.CRC, tuple(crc_offsets))
         return WritePlan(
             output, [FilePlan(output, self.path, patches=patches, zip_member=member, checks=checks)]
         )
 
     def _central_entry_offset(self, target: zipfile.ZipInfo) -> int:
-        archive = self._archive
+        archive = self._zip
         position = archive.start_dir
         for info in archive.infolist():
-            header = os.pread(self._fd, 46, position)
+            header = os.pread(self._open_fd, 46, position)
             if header[:4] != b"PK\x01\x02":
                 raise MalformedFile(f"{self.path}: bad central directory")
             if info is target:
@@ -255,8 +284,8 @@ class Keras3Writing:
         def write(target: Path) -> None:
             spill = self._spill
             with zipfile.ZipFile(target, "w") as out:
-                for info in self._archive.infolist():
-                    if info is self._member:
+                for info in self._zip.infolist():
+                    if info is self._zip_member:
                         with tempfile.TemporaryFile(prefix="embcli-") as edited:
                             spill.seek(0)
                             shutil.copyfileobj(spill, edited, 1 << 20)
@@ -270,26 +299,33 @@ class Keras3Writing:
                                 shutil.copyfileobj(edited, dst, 1 << 20)
                     else:
                         with (
-                            self._archive.open(info) as src,
+                            self._zip.open(info) as src,
                             out.open(_copy_info(info), "w") as dst,
                         ):
                             shutil.copyfileobj(src, dst, 1 << 20)
 
         return write
 
-    def _plan_folder(self, output, patches, checks, in_place) -> WritePlan:
-        weights = FilePlan(
-            output / WEIGHTS_FILENAME, self.path / WEIGHTS_FILENAME, patches=patches, checks=checks
-        )
+    def _plan_folder(self, output, by_source, checks, in_place) -> WritePlan:
+        changed = {
+            self.path / relative: FilePlan(
+                output / relative,
+                self.path / relative,
+                patches=by_source.get(key, []),
+                checks=checks.get(key, []),
+            )
+            for key, relative in self._folder_files().items()
+            if key in by_source or (key == "" and not by_source)
+        }
         if in_place:
-            return WritePlan(output, [weights])
+            return WritePlan(output, list(changed.values()))
         files = []
         for source in sorted(self.path.rglob("*")):
             if source.is_symlink():
                 raise UnsafeFile(f"{source}: symbolic links in a model folder are refused")
-            if source.is_file() and source != weights.source:
+            if source.is_file() and source not in changed:
                 files.append(FilePlan(output / source.relative_to(self.path), source))
-        return WritePlan(output, files + [weights], folder=output)
+        return WritePlan(output, files + list(changed.values()), folder=output)
 
     def _plan_sharded(self, output, by_source, checks, in_place) -> WritePlan:
         if in_place:
@@ -318,10 +354,10 @@ class Keras3Writing:
             )
             for key, source in self._sources.items()
         ]
-        index = dict(self._shard_map)
+        index = dict(self._shard_map or {})
         index[SHARD_MAP_KEY] = {
             k: ([renamed[s] for s in v] if isinstance(v, list) else renamed.get(v, v))
-            for k, v in self._shard_map[SHARD_MAP_KEY].items()
+            for k, v in index.get(SHARD_MAP_KEY, {}).items()
         }
         plans.append(FilePlan(output, content=json.dumps(index, indent=4).encode()))
         return WritePlan(output, plans)

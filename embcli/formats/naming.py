@@ -5,6 +5,11 @@ Sequential and Functional models list their layers in a container, and each laye
 container becomes a group named after its class in snake_case, with `_1`, `_2`, ... for
 repeated classes (`layers/embedding`, `layers/embedding_1`). This module replays that walk
 over the config's layer lists so each group can be given its layer's real name.
+
+Where the config lists no layers (a keras-hub backbone's holds constructor arguments, a
+subclassed model's whatever `get_config` returns), a group's class comes from its name
+in a container, from keras-hub's known attributes, or from a sublayer the config
+serializes by name; never from the shapes of its weights.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from embcli.formats.base import snake_to_class
 
 LAYERS_CONTAINER = "layers"
 TF_KERAS_LAYERS_CONTAINER = "_layer_checkpoint_dependencies"
@@ -81,3 +88,103 @@ def groups_from_config(model_config: Any, max_layers: int = 1_000_000) -> dict[s
 def walk_config_layers(model_config: Any) -> list[ConfigLayer]:
     """Every layer config in a (possibly nested) model config, outermost first."""
     return sorted(groups_from_config(model_config).values(), key=lambda c: len(c.path))
+
+
+# keras-hub layers that keep their tables as attributes, by (parent class, attribute); from
+# keras-hub 0.32's layer sources. Backbones are Functional, so their own tables are filed
+# under their class's snake_case name and need no entry here.
+KNOWN_SUBLAYER_CLASSES = {
+    ("TokenAndPositionEmbedding", "token_embedding"): "ReversibleEmbedding",
+    ("TokenAndPositionEmbedding", "position_embedding"): "PositionEmbedding",
+    ("ContentAndQueryEmbedding", "word_embed"): "Embedding",
+    ("BLIP2OPTEmbeddings", "token_embedding"): "ReversibleEmbedding",
+    ("BLIP2OPTEmbeddings", "position_embedding"): "Embedding",
+    ("CLIPVisionEmbedding", "position_embedding"): "Embedding",
+    ("Gemma3VisionEmbedding", "position_embedding"): "Embedding",
+    ("Gemma3nMultimodalEmbedder", "embedding"): "Embedding",
+    ("Gemma3nTextScaledWordEmbedding", "embedding"): "Embedding",
+    ("MetaCLIP2VisionEmbedding", "position_embedding"): "Embedding",
+    ("PaliGemmaVitEmbeddings", "position_embedding"): "Embedding",
+    ("PARSeqDecoder", "token_embedding"): "Embedding",
+    ("SigLIPVisionEmbedding", "position_embedding"): "Embedding",
+    ("SigLIPTextEmbedding", "token_embedding"): "ReversibleEmbedding",
+    ("SigLIPTextEmbedding", "position_embedding"): "ReversibleEmbedding",
+    ("T5Encoder", "token_embedding"): "ReversibleEmbedding",
+    ("VideoPrismEmbedding", "token_embedding"): "Embedding",
+    ("VideoPrismPatchingAndEmbedding", "position_embedding"): "Embedding",
+    ("VideoPrismTemporalEmbedding", "embedding"): "Embedding",
+    ("ViTPatchingAndEmbedding", "position_embedding"): "Embedding",
+    ("DFineInitialQueryAndReferenceGenerator", "weight_embedding"): "Embedding",
+    ("SAMMaskDecoder", "iou_token"): "Embedding",
+    ("SAMMaskDecoder", "mask_tokens"): "Embedding",
+    ("SAMPromptEncoder", "foreground_point_embed"): "Embedding",
+    ("SAMPromptEncoder", "background_point_embed"): "Embedding",
+    ("SAMPromptEncoder", "top_left_corner_embed"): "Embedding",
+    ("SAMPromptEncoder", "bottom_right_corner_embed"): "Embedding",
+    ("SAMPromptEncoder", "not_a_point_embed"): "Embedding",
+    ("SAMPromptEncoder", "no_mask_embed"): "Embedding",
+    ("SAM3DetrDecoder", "query_embed"): "Embedding",
+    ("SAM3DetrDecoder", "reference_points"): "Embedding",
+    ("SAM3DetrDecoder", "presence_token"): "Embedding",
+    ("SAM3GeometryEncoder", "label_embed"): "Embedding",
+    ("SAM3GeometryEncoder", "cls_embed"): "Embedding",
+}
+# Classes whose snake_case group name does not give their spelling back.
+_KNOWN_BY_SNAKE = {
+    to_snake_case(name): name
+    for name in ("MaskedLMHead", "GPT2Backbone", "T5Backbone", "XLNetBackbone")
+}
+# Classes whose default layer name (`embedding_3`) tells the class of a layer whose group
+# does not: Keras names an unnamed layer after its class.
+AUTO_NAMED_CLASSES = ("Embedding", "ReversibleEmbedding", "PositionEmbedding")
+_AUTO_NAME = re.compile(r"^([a-z_]+?)(_\d+)?$")
+# A name that says "embedding": the only evidence taken for a sublayer of unknown class.
+_EMBEDDING_WORD = re.compile(r"(^|_)(emb|embed|embeds|embedding|embeddings)(_|\d|$)")
+# The keys of an Embedding layer's config, found for a sublayer a config serializes.
+EMBEDDING_CONFIG_KEYS = ("input_dim", "output_dim")
+
+
+def class_from_group(group: str) -> str:
+    """The class a container group is named after, spelt as the class is where embcli
+    knows it (`masked_lm_head` is `MaskedLMHead`, not `MaskedLmHead`)."""
+    derived = snake_to_class(group)
+    base = re.sub(r"_\d+$", "", group)
+    return _KNOWN_BY_SNAKE.get(base, derived)
+
+
+def serialized_layers(config: Any, listed: set[int]) -> dict[str, tuple[str, dict]]:
+    """Layers a config serializes by name (`{"class_name", "config": {"name"}}`) outside
+    any layer list (`listed` holds the ids of those inner configs), e.g. in a subclassed
+    model's `get_config`: name -> (class, config), for names only one of them holds."""
+    found: dict[str, tuple[str, dict] | None] = {}
+    stack: list = [config] if config else []
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        stack.extend(item.values())
+        inner = item.get("config")
+        class_name = item.get("class_name")
+        if not (isinstance(inner, dict) and isinstance(class_name, str)):
+            continue
+        name = inner.get("name")
+        if isinstance(name, str) and id(inner) not in listed:
+            found[name] = None if name in found else (class_name, inner)
+    return {name: entry for name, entry in found.items() if entry is not None}
+
+
+def class_from_auto_name(name: str) -> str | None:
+    """The class of a layer Keras named after it (`embedding_3`), among `AUTO_NAMED_CLASSES`."""
+    auto = _AUTO_NAME.match(name)
+    if auto is None:
+        return None
+    derived = snake_to_class(auto.group(1))
+    return derived if derived in AUTO_NAMED_CLASSES else None
+
+
+def names_an_embedding(name: str) -> bool:
+    """Whether an attribute or layer name says "embedding" (`token_embedding`, `table_emb`)."""
+    return bool(_EMBEDDING_WORD.search(name))

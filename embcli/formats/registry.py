@@ -22,6 +22,7 @@ from embcli.guarded import HDF5_SIGNATURE, h5_root_names, sniff
 # Modules that declare `KINDS`, a list of `ArtifactKind`. Imported on first use only.
 FORMAT_MODULES = (
     "embcli.formats.tf_kinds",
+    "embcli.formats.preset",
     "embcli.formats.keras3",
     "embcli.formats.legacy_h5",
 )

@@ -88,7 +88,10 @@ def open_regular(
 def read_regular(path: str | os.PathLike, limit: int, **options: Any) -> bytes:
     """A whole regular file of at most `limit` bytes (see `open_regular`)."""
     with open_regular(path, max_bytes=limit, **options) as handle:
-        data = handle.read(limit + 1)
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(min(limit, size) + 1)
+        if len(data) == size + 1 and size < limit:
+            data += handle.read(limit - len(data) + 1)
     if len(data) > limit:
         raise options.get("error", UnsafeFile)(f"{path} is larger than {limit} bytes")
     return data

@@ -1,0 +1,207 @@
+"""keras-hub preset folders, as `save_to_preset` writes them.
+
+A preset holds a backbone (`config.json` with its constructor arguments, and its weights in
+`model.weights.h5` or, sharded, `model.weights.json` with `model_NNNNN.weights.h5`), and
+optionally a task (`task.json`, whose config nests the backbone's, and `task.weights.h5`
+with the task's own layers, e.g. a `MaskedLMHead` and its output bias), a tokenizer
+(`tokenizer.json` and its vocabulary under `assets/tokenizer/`), a preprocessor and
+`metadata.json`; each JSON file must parse, or the preset is refused. Weights are read as
+in any Keras 3 folder; the task's are shown under `task/`, so that a task layer never
+takes the name of a backbone layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from embcli.errors import MalformedFile, UnsafeFile, UnsupportedEdit
+from embcli.formats.base import Edit, H5Source, WritePlan
+from embcli.formats.keras3 import Keras3File, shard_names
+from embcli.formats.registry import ArtifactKind, Probe
+from embcli.formats.side_files import is_plain_file, read_small
+from embcli.guarded import check_folder
+
+CONFIG_FILENAME = "config.json"
+METADATA_FILENAME = "metadata.json"
+TASK_CONFIG_FILENAME = "task.json"
+TOKENIZER_CONFIG_FILENAME = "tokenizer.json"
+PREPROCESSOR_CONFIG_FILENAME = "preprocessor.json"
+WEIGHTS_FILENAME = "model.weights.h5"
+SHARDED_WEIGHTS_FILENAME = "model.weights.json"
+TASK_WEIGHTS_FILENAME = "task.weights.h5"
+TASK_PREFIX = "task/"
+TASK_BACKBONE_KEY = "backbone"
+BACKBONE_SIZE_KEY = "vocabulary_size"
+KERAS_HUB_MODULE = "keras_hub"
+KERAS_HUB_REGISTERED = "keras_hub>"
+HUB_VERSION_KEY = "keras_hub_version"
+PROBE_LIMIT = 1 << 20
+
+
+class PresetFile(Keras3File):
+    """A keras-hub preset folder: backbone weights (whole or sharded) and a task's."""
+
+    def __init__(self, path: Path) -> None:
+        self._task_config: dict | None = None
+        self._task_indent: int | None = None
+        super().__init__(path, "preset")
+
+    def _open_preset(self) -> None:
+        check_folder(self.path)
+        config_path = self.path / CONFIG_FILENAME
+        if is_plain_file(config_path):
+            self._config = self._parse_config(read_small(config_path))
+        whole = self.path / WEIGHTS_FILENAME
+        sharded = self.path / SHARDED_WEIGHTS_FILENAME
+        if is_plain_file(whole):
+            self._sources[""] = H5Source(whole)
+        elif is_plain_file(sharded):
+            self._open_shards(sharded)
+        else:
+            raise MalformedFile(
+                f"{self.path}: the preset has neither {WEIGHTS_FILENAME} "
+                f"nor {SHARDED_WEIGHTS_FILENAME}"
+            )
+        task_path = self.path / TASK_CONFIG_FILENAME
+        if is_plain_file(task_path):
+            text = read_small(task_path)
+            self._task_config = _json_object(text, task_path)
+            self._task_indent = _indent(text)
+        for name in (METADATA_FILENAME, PREPROCESSOR_CONFIG_FILENAME, TOKENIZER_CONFIG_FILENAME):
+            if is_plain_file(self.path / name):
+                _json_object(read_small(self.path / name), self.path / name)
+        task_weights = self.path / TASK_WEIGHTS_FILENAME
+        if task_weights.is_symlink():
+            raise UnsafeFile(f"{task_weights}: symbolic links in a model folder are refused")
+        if task_weights.is_file():
+            self._sources[TASK_WEIGHTS_FILENAME] = H5Source(task_weights)
+            self._prefixes[TASK_WEIGHTS_FILENAME] = TASK_PREFIX
+
+    def _folder_files(self) -> dict[str, Path]:
+        return {key: Path(WEIGHTS_FILENAME if key == "" else key) for key in self._sources}
+
+    def _qualified(self, group: str) -> str:
+        """Backbone layers are named through the backbone when a task holds it, as
+        Keras names them in the task (`bert_backbone/token_embedding`)."""
+        qualified = super()._qualified(group)
+        backbone = self.backbone_name()
+        if self._task_config is None or group.startswith(TASK_PREFIX) or backbone is None:
+            return qualified
+        return f"{backbone}/{qualified}"
+
+    def backbone_name(self) -> str | None:
+        """The backbone's layer name from `config.json`."""
+        inner = self._config.get("config") if isinstance(self._config, dict) else None
+        name = inner.get("name") if isinstance(inner, dict) else None
+        return name if isinstance(name, str) else None
+
+    def task_config(self) -> dict | None:
+        """`task.json` as parsed JSON, when the preset holds a task."""
+        return self._task_config
+
+    def plan_edit(self, output: Path, edit: Edit, in_place: bool) -> WritePlan:
+        """As for any Keras folder; and a new backbone config is written into `task.json`
+        too, whose `backbone` is `config.json`'s, so that the task loads the same model.
+        Where the two differ (a preset written by another release), only a changed
+        `vocabulary_size` is carried over."""
+        task = self._task_config
+        if edit.config is not None and task is not None and edit.config != self._config:
+            current = edit.files.get(TASK_CONFIG_FILENAME)
+            document = copy.deepcopy(task) if current is None else json.loads(current)
+            inner = document.get("config")
+            backbone = inner.get(TASK_BACKBONE_KEY) if isinstance(inner, dict) else None
+            if isinstance(inner, dict) and backbone is not None and backbone == self._config:
+                inner[TASK_BACKBONE_KEY] = copy.deepcopy(edit.config)
+            elif not _same_size_change(backbone, self._config, edit.config):
+                raise UnsupportedEdit(
+                    f"{self.path}: {TASK_CONFIG_FILENAME} holds another backbone than "
+                    f"{CONFIG_FILENAME}, so embcli cannot keep them in step"
+                )
+            edit = replace(edit, files={**edit.files})
+            edit.files[TASK_CONFIG_FILENAME] = self.task_config_bytes(document)
+        return super().plan_edit(output, edit, in_place)
+
+    def task_config_bytes(self, config: dict) -> bytes:
+        """A new `task.json`, laid out as the old one was."""
+        if self._task_indent:
+            return json.dumps(config, indent=self._task_indent).encode()
+        return json.dumps(config).encode()
+
+
+def _same_size_change(backbone: object, old: dict | None, new: dict) -> bool:
+    """Set the task's backbone `vocabulary_size` as `config.json`'s changed, when that is
+    the only change and the task's agreed with the old one; whether it was done."""
+    sizes = [
+        value.get("config", {}).get(BACKBONE_SIZE_KEY) if isinstance(value, dict) else None
+        for value in (backbone, old, new)
+    ]
+    if not isinstance(backbone, dict) or None in sizes or sizes[0] != sizes[1]:
+        return False
+    assert old is not None
+    unchanged = {**new, "config": {**new["config"], BACKBONE_SIZE_KEY: sizes[1]}}
+    if unchanged != old:
+        return False
+    backbone["config"][BACKBONE_SIZE_KEY] = sizes[2]
+    return True
+
+
+def _indent(text: bytes) -> int | None:
+    stripped = text.split(b"\n", 2)
+    if len(stripped) < 2:
+        return None
+    line = stripped[1]
+    return len(line) - len(line.lstrip(b" ")) or None
+
+
+def _json_object(text: bytes, path: Path) -> dict:
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedFile(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise MalformedFile(f"{path}: not a JSON object")
+    return document
+
+
+def _small_json(path: Path) -> dict | None:
+    """A small JSON object file, or None when it is missing, large or unreadable."""
+    try:
+        if not is_plain_file(path) or path.stat().st_size > PROBE_LIMIT:
+            return None
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _names_keras_hub(config: dict | None) -> bool:
+    if config is None:
+        return False
+    module = config.get("module")
+    registered = config.get("registered_name")
+    return (isinstance(module, str) and module.split(".")[0] == KERAS_HUB_MODULE) or (
+        isinstance(registered, str) and registered.startswith(KERAS_HUB_REGISTERED)
+    )
+
+
+def _is_preset(probe: Probe) -> bool:
+    """A folder with backbone weights and a sign of keras-hub: a config naming a
+    keras-hub class, metadata with a keras-hub version, or a task or tokenizer config."""
+    if not probe.is_dir:
+        return False
+    if not (probe.has_file(WEIGHTS_FILENAME) or probe.has_file(SHARDED_WEIGHTS_FILENAME)):
+        return False
+    if probe.has_file(TASK_CONFIG_FILENAME) or probe.has_file(TOKENIZER_CONFIG_FILENAME):
+        return True
+    metadata = _small_json(probe.path / METADATA_FILENAME)
+    if metadata is not None and HUB_VERSION_KEY in metadata:
+        return True
+    return _names_keras_hub(_small_json(probe.path / CONFIG_FILENAME))
+
+
+KINDS = [ArtifactKind("keras-hub preset", 25, _is_preset, PresetFile)]
+
+__all__ = ["KINDS", "PresetFile", "shard_names"]

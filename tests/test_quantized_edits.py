@@ -1,0 +1,82 @@
+"""Quantized tables (int8, int4 per channel, int4 grouped; Embedding and untied
+ReversibleEmbedding) through the whole library: read as Keras computes them, assigned and
+resized as Keras quantizes, and reloaded by Keras, which computes what embcli reads."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import FIXTURES
+from keras_check import keras_check
+
+import embcli
+from embcli.cli import cli
+
+QUANT = FIXTURES / "quant"
+MANIFEST = json.loads((QUANT / "manifest.json").read_text())
+EXPECTED = dict(np.load(QUANT / "expected.npz"))
+CASES = sorted(name for name in MANIFEST if name.endswith(".keras"))
+
+
+def entry_table(name):
+    entry = MANIFEST[name]
+    return entry["layer"], entry["tables"][0], entry["encoding"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_rows_are_what_keras_computes(runner, name):
+    layer, table, encoding = entry_table(name)
+    result = runner.invoke(cli, ["rows", str(QUANT / name), "-l", layer, "0:", "--json"])
+    assert result.exit_code == 0, result.output
+    values = np.array([r["vector"] for r in json.loads(result.stdout)["rows"]], dtype=np.float32)
+    np.testing.assert_array_equal(values, EXPECTED[table["expected"]])
+    listed = json.loads(runner.invoke(cli, ["layers", str(QUANT / name), "--json"]).stdout)
+    [found] = [t for t in listed if t["name"] == layer]
+    assert (found["quantized"], found["shape"]) == (encoding, table["shape"])
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("name", CASES)
+def test_assign_requantizes_as_keras_and_keras_reloads(tmp_path, name):
+    layer, table, _ = entry_table(name)
+    rows, dim = table["shape"]
+    values = np.random.default_rng(3).uniform(-0.5, 0.5, size=(2, dim)).astype(np.float32)
+    output = tmp_path / "a.keras"
+    embcli.assign(QUANT / name, layer, rows=[1, -1], values=values, output=output)
+    with embcli.open(output) as model:
+        after = model.read(layer, slice(None))
+    before = EXPECTED[table["expected"]]
+    kept = [i for i in range(rows) if i not in (1, rows - 1)]
+    np.testing.assert_array_equal(after[kept], before[kept])
+    np.testing.assert_allclose(after[[1, -1]], values, atol=0.08)
+    report, arrays = keras_check(output, layer, scratch=tmp_path)
+    np.testing.assert_array_equal(arrays["table"], after)
+
+
+UNTIED = [n for n in CASES if len(MANIFEST[n]["tables"]) > 1]
+
+
+@pytest.mark.parametrize("name", UNTIED)
+def test_resizing_a_quantized_untied_output_table_is_refused(tmp_path, name):
+    layer, _, _ = entry_table(name)
+    with pytest.raises(embcli.errors.UnsupportedEdit, match="quantized untied output table"):
+        embcli.resize(QUANT / name, layer, add=3, output=tmp_path / "r.keras")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("name", [n for n in CASES if n not in UNTIED])
+def test_resize_quantizes_new_rows_and_keras_reloads(tmp_path, name):
+    layer, table, _ = entry_table(name)
+    rows, dim = table["shape"]
+    output = tmp_path / "r.keras"
+    embcli.resize(QUANT / name, layer, add=3, output=output)
+    with embcli.open(output) as model:
+        after = model.read(layer, slice(None))
+    before = EXPECTED[table["expected"]]
+    assert after.shape == (rows + 3, dim)
+    np.testing.assert_array_equal(after[:rows], before)
+    np.testing.assert_allclose(after[rows:], np.repeat(before.mean(axis=0)[None], 3, 0), atol=0.05)
+    report, arrays = keras_check(output, layer, scratch=tmp_path)
+    assert report["input_dim"] == rows + 3
+    np.testing.assert_array_equal(arrays["table"], after)
