@@ -24,7 +24,7 @@ from embcli.formats.base import (
 from embcli.formats.h5rewrite import rewrite_h5
 
 if TYPE_CHECKING:
-    from embcli.formats.keras3 import _Owner
+    from embcli.formats.keras3_tables import _Owner
 
 CONFIG_FILENAME = "config.json"
 WEIGHTS_FILENAME = "model.weights.h5"
