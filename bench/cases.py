@@ -3,6 +3,7 @@ the goals of issue 16 it is held to."""
 
 from __future__ import annotations
 
+import filecmp
 import json
 import subprocess
 from collections.abc import Callable
@@ -222,7 +223,7 @@ def add_remap(plan: Plan) -> None:
         remove(listed)
         argv = embcli_argv(plan.embcli, "vocab", model, "-l", LAYER, "-o", listed)
         if subprocess.run(argv, env=plan.embcli.env, capture_output=True).returncode == 0:
-            if listed.read_bytes() != tokens.read_bytes():
+            if not filecmp.cmp(listed, tokens, shallow=False):
                 plan.notes.append(
                     "`embcli vocab -o` lists the remap model's tokens unlike the file Keras's "
                     "vocabulary was written from; NEW_VOCAB keeps every other line of embcli's."

@@ -99,11 +99,16 @@ def ensure_vocab_model(work: Path, rows: int, dim: int, keras: Interpreter) -> t
 
 
 def half_vocab(tokens: Path) -> Path:
-    """A NEW_VOCAB for `remap` keeping every other row (half the table), in order."""
+    """A NEW_VOCAB for `remap` keeping every other row (half the table), in order.
+
+    Streamed a line at a time: run.py's own peak RSS is every child's floor.
+    """
     half = tokens.parent / (tokens.stem + ".half.txt")
-    lines = tokens.read_text(encoding="utf-8").splitlines()
     partial = half.with_suffix(".partial")
-    partial.write_text("\n".join(lines[::2]) + "\n", encoding="utf-8")
+    with open(tokens, "rb") as source, open(partial, "wb") as target:
+        for number, line in enumerate(source):
+            if number % 2 == 0:
+                target.write(line)
     partial.replace(half)
     return half
 
