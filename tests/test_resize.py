@@ -453,3 +453,24 @@ def test_checkpoint_table_and_slots_are_resized(tmp_path):
         if key not in grown:
             old, new = before.get_tensor(key), reader.get_tensor(key)
             assert np.asarray(old).tobytes() == np.asarray(new).tobytes(), key
+
+
+@pytest.mark.keras
+def test_keras3_legacy_writer_names_weights_under_the_model(tmp_path):
+    """Keras 3's legacy `.h5` writer files `words` as `model_weights/words/<model>/words/...`."""
+    script = (
+        "import sys, keras\n"
+        "m = keras.Sequential([keras.Input((3,), dtype='int32'), keras.layers.Embedding(20, 4, name='words')], name='bench')\n"
+        "m.save(sys.argv[1])\n"
+    )
+    import subprocess
+    import sys
+
+    source = tmp_path / "bench.h5"
+    subprocess.run([sys.executable, "-c", script, str(source)], check=True, capture_output=True)
+    with embcli.open(source) as model:
+        assert model.tables["words"].qualified == "words"
+    output = tmp_path / "r.h5"
+    embcli.resize(source, "words", add=5, output=output)
+    report, arrays = keras_check(output, "words", scratch=tmp_path)
+    assert report["input_dim"] == 25 and arrays["table"].shape == (25, 4)

@@ -107,6 +107,9 @@ class LegacyH5File(ModelFile):
             for weight in weights:
                 parts = tuple(variable_name(weight).split("/"))
                 owner = parts[:-1] if len(parts) > 1 else (layer,)
+                if layer in owner and owner[0] != layer:
+                    # Keras 3's writer prefixes the model's name: `bench/words/embeddings`
+                    owner = owner[owner.index(layer) :]
                 by_owner.setdefault(owner, []).append(weight)
             for owner, owner_weights in by_owner.items():
                 found.extend(self._owner_tables(layer, owner, owner_weights, index, all_weights))
