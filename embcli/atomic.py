@@ -52,7 +52,6 @@ __all__ = [
     "write_new_file",
 ]
 
-COPY_CHUNK = 8 * 1024 * 1024
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 

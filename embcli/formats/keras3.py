@@ -28,7 +28,7 @@ from embcli.formats.base import (
     slots_by_shape,
     vars_index,
 )
-from embcli.formats.keras3_tables import Keras3Tables, _Owner
+from embcli.formats.keras3_tables import OPTIMIZER_GROUP, Keras3Tables, _Owner
 from embcli.formats.keras3_write import Keras3Writing
 from embcli.formats.naming import (
     LAYERS_CONTAINER,
@@ -65,16 +65,13 @@ from embcli.remote import RemoteObject, remote_object_of
 from embcli.tokenizer_assets import ARCHIVE, PRESET, TokenizerFiles
 
 CONFIG_FILENAME = "config.json"
-METADATA_FILENAME = "metadata.json"
 WEIGHTS_FILENAME = "model.weights.h5"
 NPZ_WEIGHTS_FILENAME = "model.weights.npz"
 ASSETS_DIRNAME = "assets"
 VARS_GROUP = "vars"
-OPTIMIZER_GROUP = "optimizer"
 NAME_ATTRIBUTE = "name"
 SHARD_MAP_KEY = "weight_map"
 MAX_UNZIPPED_WEIGHTS = 1 << 40
-KERAS_EMBEDDING_CLASS = "Embedding"
 FORMAT_NAMES = {
     "archive": "keras archive",
     "folder": "keras folder",
@@ -85,8 +82,6 @@ FORMAT_NAMES = {
 FOLDER_KINDS = ("folder", "preset")
 # Task layers whose 1-D weight is a bias over the vocabulary (keras-hub's MaskedLMHead).
 OUTPUT_BIAS_CLASSES = ("MaskedLMHead",)
-
-_CONTAINER_PARTS = {LAYERS_CONTAINER, TF_KERAS_LAYERS_CONTAINER}
 
 
 class Keras3File(Keras3Tables, Keras3Writing, ModelFile):

@@ -28,28 +28,8 @@ from embcli.guarded import (
     DatasetInfo,
 )
 
-CONFIG_FILENAME = "config.json"
-METADATA_FILENAME = "metadata.json"
-WEIGHTS_FILENAME = "model.weights.h5"
-NPZ_WEIGHTS_FILENAME = "model.weights.npz"
-ASSETS_DIRNAME = "assets"
-VARS_GROUP = "vars"
 OPTIMIZER_GROUP = "optimizer"
-NAME_ATTRIBUTE = "name"
-SHARD_MAP_KEY = "weight_map"
-MAX_UNZIPPED_WEIGHTS = 1 << 40
 KERAS_EMBEDDING_CLASS = "Embedding"
-FORMAT_NAMES = {
-    "archive": "keras archive",
-    "folder": "keras folder",
-    "weights": "keras weights",
-    "sharded": "keras sharded weights",
-    "preset": "keras-hub preset",
-}
-FOLDER_KINDS = ("folder", "preset")
-# Task layers whose 1-D weight is a bias over the vocabulary (keras-hub's MaskedLMHead).
-OUTPUT_BIAS_CLASSES = ("MaskedLMHead",)
-
 _CONTAINER_PARTS = {LAYERS_CONTAINER, TF_KERAS_LAYERS_CONTAINER}
 
 
