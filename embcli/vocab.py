@@ -14,6 +14,7 @@ the archive's assets (`assets/<group>/vocabulary.txt`).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -227,6 +228,18 @@ def _layer_list(raw: Any) -> list | None:
     if isinstance(inner, dict) and isinstance(inner.get("layers"), list):
         return inner["layers"]
     return None
+
+
+_GRAPHS: weakref.WeakKeyDictionary[ModelFile, tuple[int, _ModelGraph]] = weakref.WeakKeyDictionary()
+
+
+def _graph_of(model: ModelFile, config: dict) -> _ModelGraph:
+    """The model's config graph, walked once per open model, not once per table."""
+    known = _GRAPHS.get(model)
+    if known is None or known[0] != id(config):
+        known = (id(config), _ModelGraph(config))
+        _GRAPHS[model] = known
+    return known[1]
 
 
 class _ModelGraph:
@@ -490,7 +503,7 @@ def find_vocabulary(model: ModelFile, table: Table) -> Vocabulary | None:
     config = model.config()
     lookups: list[_Layer] = []
     if isinstance(config, dict):
-        graph = _ModelGraph(config)
+        graph = _graph_of(model, config)
         lookups = [layer for layer in graph.lookups() if _rules(layer) is not None]
     if not lookups:
         return tokenizer_vocabulary(model, table)
