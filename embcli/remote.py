@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from embcli.errors import EmbcliError, MissingDependency
+from embcli.guarded.files import Window
 
 URL_SCHEMES = ("s3", "gs", "hf", "http", "https")
 STORE_PACKAGES = {"s3": "s3fs", "gs": "gcsfs", "hf": "huggingface_hub"}
@@ -426,39 +427,16 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-class RemoteWindow(io.RawIOBase):
-    """A read-only file object over part of a `RemoteObject`, for zipfile and h5py."""
+class RemoteWindow(Window):
+    """A window onto part of a `RemoteObject`, for zipfile and h5py."""
+
+    read_only_message = "embcli opens models at URLs read-only"
 
     def __init__(self, remote: RemoteObject, offset: int, size: int) -> None:
-        super().__init__()
+        super().__init__(offset, size)
         self._remote = remote
-        self._offset = offset
-        self._size = size
-        self._pos = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        if base + pos < 0:
-            raise OSError("seek before the start of the object")
-        self._pos = base + pos
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        count = max(0, min(len(view), self._size - self._pos))
-        data = self._remote.pread(count, self._offset + self._pos)
+    def _read_at(self, view: memoryview, position: int) -> int:
+        data = self._remote.pread(len(view), position)
         view[: len(data)] = data
-        self._pos += len(data)
         return len(data)
-
-    def write(self, data: Any) -> int:
-        raise io.UnsupportedOperation("embcli opens models at URLs read-only")

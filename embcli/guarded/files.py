@@ -116,15 +116,15 @@ def sniff(path: Path) -> bytes:
         return handle.read(SNIFF_BYTES)
 
 
-class FileWindow(io.RawIOBase):
-    """A read-only file object over bytes [offset, offset + size) of an open file.
+class Window(io.RawIOBase):
+    """A read-only file object over bytes [offset, offset + size) of something that
+    reads at positions; subclasses say how (`_read_at`). h5py and zipfile read archive
+    members through it in place, with no copy."""
 
-    h5py reads an uncompressed archive member through it in place, with no copy.
-    """
+    read_only_message = "embcli opens model files read-only"
 
-    def __init__(self, fd: int, offset: int, size: int) -> None:
+    def __init__(self, offset: int, size: int) -> None:
         super().__init__()
-        self._fd = fd
         self._offset = offset
         self._size = size
         self._pos = 0
@@ -139,28 +139,42 @@ class FileWindow(io.RawIOBase):
         return self._pos
 
     def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            self._pos = pos
-        elif whence == io.SEEK_CUR:
-            self._pos += pos
-        else:
-            self._pos = self._size + pos
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + pos < 0:
+            raise OSError("seek before the start of the window")
+        self._pos = base + pos
         return self._pos
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         count = max(0, min(len(view), self._size - self._pos))
-        done = 0
-        while done < count:
-            got = os.preadv(self._fd, [view[done:count]], self._offset + self._pos + done)
-            if got <= 0:
-                break
-            done += got
+        done = self._read_at(view[:count], self._offset + self._pos)
         self._pos += done
         return done
 
+    def _read_at(self, view: memoryview, position: int) -> int:
+        """Fill `view` from `position` (fewer bytes only at the end); bytes read."""
+        raise NotImplementedError
+
     def write(self, data: Any) -> int:
-        raise io.UnsupportedOperation("embcli opens model files read-only")
+        raise io.UnsupportedOperation(self.read_only_message)
+
+
+class FileWindow(Window):
+    """A window onto an open file descriptor, read with `preadv`."""
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        super().__init__(offset, size)
+        self._fd = fd
+
+    def _read_at(self, view: memoryview, position: int) -> int:
+        done = 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], position + done)
+            if got <= 0:
+                break
+            done += got
+        return done
 
 
 def check_folder(folder: Path) -> None:
