@@ -30,7 +30,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from embcli.durable import exchange, fsync_path, pause_point, rename_no_replace
+from embcli.durable import exchange, fsync_path, pause_point, rename_no_replace, unheld_lock
 from embcli.errors import EmbcliError, OutputExists
 
 RECORD_NAME = "commit-record"
@@ -285,20 +285,8 @@ def records(folder: Path) -> list[Path]:
 @contextlib.contextmanager
 def _opened(record: Path, exclusive: bool):
     """A record whose writer is gone, opened and locked, or None."""
-    try:
-        fd = os.open(record, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        yield None
-        return
-    try:
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield None
-            return
-        yield _load(record, fd)
-    finally:
-        os.close(fd)
+    with unheld_lock(record, exclusive) as fd:
+        yield None if fd is None else _load(record, fd)
 
 
 def pending(folder: Path) -> list[PendingCommit]:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embcli.durable import fsync_path, rename_no_replace
+from embcli.durable import fsync_path, rename_no_replace, unheld_lock
 from embcli.errors import EmbcliError
 
 JOURNAL_PREFIX = ".embcli-journal-"
@@ -245,20 +245,8 @@ def _match(target: Path, entries: list[tuple[int, bytes, bytes]]) -> bool | None
 def _orphan(journal: Path, exclusive: bool) -> Iterator[tuple[int, _Loaded | None] | None]:
     """A journal whose writer is gone, opened and locked: `(fd, checked edit or None)`;
     None when it is in use or cannot be opened."""
-    try:
-        fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        yield None
-        return
-    try:
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield None
-            return
-        yield fd, _check(journal, fd)
-    finally:
-        os.close(fd)
+    with unheld_lock(journal, exclusive) as fd:
+        yield None if fd is None else (fd, _check(journal, fd))
 
 
 def _journals(folder: Path) -> list[Path]:
