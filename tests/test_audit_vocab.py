@@ -1,5 +1,5 @@
 """`check --vocab-consistent`: a table whose vocabulary has another number of tokens than
-rows, or repeats a token, fails; the hook for the config's `input_dim` is compared too."""
+rows, or repeats a token, or whose config declares another row count, fails."""
 
 import json
 import zipfile
@@ -118,9 +118,34 @@ def test_the_declared_size_hook_is_compared(runner, monkeypatch):
     )
 
 
-def test_declared_rows_is_not_read_yet():
-    with open_model(VOCAB) as model:
-        assert consistency.declared_rows(model, find_table(model, "tok_emb")) is None
+@pytest.mark.parametrize(
+    ("fixture", "want"),
+    [
+        ("k3_vocab.keras", {"tok_emb": 10, "lookup_emb": 6}),
+        ("tfk_full.h5", {"word_emb": 40, "inner_emb": 20}),
+        ("k3_folder", {"words": 50, "positions": 30}),
+    ],
+)
+def test_declared_rows_are_read_from_the_config(fixture, want):
+    with open_model(FIXTURES / fixture) as model:
+        assert {t.name: consistency.declared_rows(model, t) for t in model.tables()} == want
+
+
+def test_a_position_embedding_declares_its_sequence_length():
+    with open_model(FIXTURES / "k3_hub.keras") as model:
+        assert consistency.declared_rows(model, find_table(model, "pos")) == 6
+
+
+def test_a_config_that_declares_other_rows_fails(runner, tmp_path):
+    def grow(layers):
+        layers["tok_emb"]["config"]["input_dim"] = 12
+
+    model = rewritten(tmp_path / "declared.keras", config=grow)
+    result = runner.invoke(cli, ["check", model, "--vocab-consistent"])
+    assert (result.exit_code, result.stdout) == (
+        1,
+        "tok_emb: the config declares 12 rows but the table has 10\n",
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,23 +1,33 @@
 """Whether a table agrees with the other things in the model that state its size: its
-vocabulary (one token a row, none repeated) and, once it is read, the config's `input_dim`.
+vocabulary (one token a row, none repeated) and the row count its config declares.
 """
 
 from __future__ import annotations
 
 from embcli.audit.common import Problem, counted
 from embcli.formats.base import ModelFile, Table
+from embcli.resize_config import LAYER_SIZE_KEYS, SIZE_KEY_BY_CLASS
 from embcli.vocab import Vocabulary, find_vocabulary
 
 SHOWN_TOKENS = 5
 
 
 def declared_rows(model: ModelFile, table: Table) -> int | None:
-    """The row count the model's config declares for the table (`input_dim`), or None.
+    """The row count the model's config declares for the table, or None where the config
+    lists no layer for it or states no count: `input_dim` (`Embedding`,
+    `ReversibleEmbedding`), `sequence_length` (`PositionEmbedding`) or `vocabulary_size`.
 
-    The hook for the config reader: nothing reads `input_dim` yet, so this returns None;
-    whatever it returns is compared with the table and its vocabulary by
-    `vocabulary_problems`.
+    A declared count that differs from the table's rows means Keras will refuse to load
+    the weights into the model the config builds.
     """
+    entry = model.layer_config(table)
+    if entry is None:
+        return None
+    keys = [SIZE_KEY_BY_CLASS[table.class_name]] if table.class_name in SIZE_KEY_BY_CLASS else []
+    for key in keys + list(LAYER_SIZE_KEYS):
+        value = entry.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
     return None
 
 
