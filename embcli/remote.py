@@ -355,6 +355,17 @@ class RemoteObject:
         skip = offset - first * BLOCK_BYTES
         return joined[skip : skip + end - offset]
 
+    def fetch_exact(self, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset + length): from the block cache when it holds them all,
+        otherwise in one request of exactly them, which the cache does not keep."""
+        length = min(length, max(0, self.size - offset))
+        if not length:
+            return b""
+        first, last = offset // BLOCK_BYTES, (offset + length - 1) // BLOCK_BYTES
+        if all(block in self._blocks for block in range(first, last + 1)):
+            return self.pread(length, offset)
+        return self._fetch(offset, length)
+
     def window(self, offset: int = 0, size: int | None = None) -> RemoteWindow:
         """A file object over bytes [offset, offset + size) of the object."""
         return RemoteWindow(self, offset, self.size - offset if size is None else size)
@@ -440,3 +451,9 @@ class RemoteWindow(Window):
         data = self._remote.pread(len(view), position)
         view[: len(data)] = data
         return len(data)
+
+    def read_span(self, position: int, length: int) -> bytes:
+        """The bytes asked for, in one ranged request of exactly them: rows, not metadata,
+        so they are neither rounded out to blocks nor cached."""
+        count = max(0, min(length, self._size - position))
+        return self._remote.fetch_exact(self._offset + position, count) if count else b""

@@ -287,6 +287,23 @@ def test_layers_on_a_large_remote_archive_fetches_little(http_server, runner, bi
     assert listed + http_server.bytes_sent <= 4 * MB
 
 
+def test_spread_rows_fetch_their_own_bytes_not_blocks(http_server, runner, big_archive):
+    url = http_server.serve(big_archive)
+    runner.invoke(cli, ["layers", url])
+    listing, listing_requests = http_server.bytes_sent, http_server.requests
+    http_server.reset()
+    rows = [str(row) for row in range(3, BIG_ROWS, BIG_ROWS // 50)]
+    command = ["rows", "-l", "words", ",".join(rows), "--json"]
+    _same_output(
+        runner, [command[0], str(big_archive), *command[1:]], [command[0], url, *command[1:]]
+    )
+    row_bytes = 8 * 4
+    # The listing again, then at most one request of exactly 32 bytes per row (none for a
+    # row in a block the listing already fetched).
+    assert listing < http_server.bytes_sent <= listing + len(rows) * row_bytes
+    assert http_server.requests <= listing_requests + len(rows)
+
+
 def test_exporting_a_large_remote_table_fetches_it_about_once(
     http_server, runner, big_archive, tmp_path
 ):

@@ -267,6 +267,50 @@ def read_dataset(ds: h5py.Dataset, info: DatasetInfo, rows: slice | np.ndarray) 
     return data
 
 
+# Runs of rows this close (in bytes) are read as one span, the gap read and dropped.
+SPAN_GAP_BYTES = 64 * 1024
+
+
+def read_row_spans(
+    read_span: Callable[[int, int], bytes],
+    info: DatasetInfo,
+    dtype: np.dtype,
+    rows: np.ndarray,
+) -> np.ndarray:
+    """Rows of a contiguously stored dataset, read as exact byte spans of its file.
+
+    `read_span(position, length)` reads bytes of the HDF5 file itself; each run of rows
+    (runs nearer than `SPAN_GAP_BYTES` joined) is one read of just its bytes, where
+    HDF5 would read a 64 KiB sieve buffer around each. Index arrays must be sorted and
+    unique.
+    """
+    assert info.offset is not None
+    row_bytes = int(np.prod(info.shape[1:], dtype=np.int64)) * dtype.itemsize
+    data = np.empty((len(rows),) + info.shape[1:], dtype=dtype)
+    flat = data.reshape(len(rows), -1).view(np.uint8) if len(rows) else data
+    runs = list(contiguous_runs(rows))
+    while runs:
+        first_start, stop, at = runs.pop(0)
+        joined = [(first_start, stop, at)]
+        while runs and (runs[0][0] - stop) * row_bytes <= SPAN_GAP_BYTES:
+            joined.append(runs.pop(0))
+            stop = joined[-1][1]
+        length = (stop - first_start) * row_bytes
+        span = read_span(info.offset + first_start * row_bytes, length)
+        if len(span) != length:
+            raise MalformedFile(f"{info.path}: its data ends before its declared shape")
+        for start, run_stop, run_at in joined:
+            begin = (start - first_start) * row_bytes
+            end = begin + (run_stop - start) * row_bytes
+            rows_here = run_stop - start
+            flat[run_at : run_at + rows_here] = np.frombuffer(
+                span, dtype=np.uint8, count=end - begin, offset=begin
+            ).reshape(rows_here, -1)
+    if info.is_bfloat16:
+        data = data.view(bfloat16())
+    return data
+
+
 def contiguous_runs(rows: np.ndarray) -> Iterator[tuple[int, int, int]]:
     """`(start, stop, position_in_rows)` for each run of consecutive sorted indices."""
     if len(rows) == 0:
@@ -322,6 +366,8 @@ class H5Source:
         self.base_offset = base_offset
         size = os.path.getsize(path) if size is None else size
         self.handle, self.index = open_h5(source if source is not None else str(path), size)
+        # A window (an archive member, a remote object) reads exact spans of the file.
+        self._read_span: Callable[[int, int], bytes] | None = getattr(source, "read_span", None)
 
     def info(self, dataset: str) -> DatasetInfo:
         try:
@@ -332,7 +378,15 @@ class H5Source:
     def read(self, dataset: str, rows: slice | np.ndarray) -> np.ndarray:
         info = self.info(dataset)
         try:
-            return read_dataset(self.handle[info.path], info, rows)
+            ds = self.handle[info.path]
+            if (
+                self._read_span is not None
+                and isinstance(rows, np.ndarray)
+                and info.contiguous
+                and info.offset is not None
+            ):
+                return read_row_spans(self._read_span, info, ds.dtype, rows)
+            return read_dataset(ds, info, rows)
         except H5_ERRORS as exc:
             raise MalformedFile(f"{info.path}: cannot read ({exc})") from None
 

@@ -156,6 +156,14 @@ class Window(io.RawIOBase):
         """Fill `view` from `position` (fewer bytes only at the end); bytes read."""
         raise NotImplementedError
 
+    def read_span(self, position: int, length: int) -> bytes:
+        """Exactly `length` bytes from `position` of the window (fewer only at its end),
+        read as one span, whatever the file position."""
+        count = max(0, min(length, self._size - position))
+        buffer = bytearray(count)
+        done = self._read_at(memoryview(buffer), self._offset + position)
+        return bytes(buffer[:done])
+
     def write(self, data: Any) -> int:
         raise io.UnsupportedOperation(self.read_only_message)
 
