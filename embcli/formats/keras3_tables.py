@@ -197,9 +197,9 @@ class Keras3Tables:
         """A `DistributedEmbedding`'s own 2-D variables: SparseCore stacks, never rows."""
         matrices = [info for info in infos if len(info.shape) == 2]
         prefix = f"{owner.group}/{keras_rs.DEFAULT_DEVICE_CONTAINER}/"
-        on_device = {
-            o.saved_name for o in self._owners.values() if o.group.startswith(prefix)
-        } - {None}
+        on_device = {o.saved_name for o in self._owners.values() if o.group.startswith(prefix)} - {
+            None
+        }
         kinds = keras_rs.stacked_variables(layer, len(matrices), on_device)  # type: ignore[arg-type]
         name = self._layer_name(owner.group)
         found = []

@@ -129,7 +129,9 @@ def _optimizer_name(value: Any) -> str | None:
     return None
 
 
-def is_default_device_table(layer: DistributedLayer, container: str, saved_name: str | None) -> bool:
+def is_default_device_table(
+    layer: DistributedLayer, container: str, saved_name: str | None
+) -> bool:
     """Whether a sublayer group of the layer is one of its default-device tables."""
     return container == DEFAULT_DEVICE_CONTAINER and layer.table(saved_name) is not None
 
