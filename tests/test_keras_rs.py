@@ -260,3 +260,18 @@ def test_the_stack_name_is_jax_tpu_embeddings():
     assert (
         stack_name(long) == joined[:50] + "..." + hashlib.sha256(joined.encode()).hexdigest()[:12]
     )
+
+
+def test_a_stack_in_a_weights_file_without_config_is_still_refused(runner, tmp_path):
+    """Without config.json the group's class name alone says DistributedEmbedding: its own
+    2-D variables are stacked of unknown role, never rows."""
+    import zipfile
+
+    weights = tmp_path / "sc.weights.h5"
+    weights.write_bytes(zipfile.ZipFile(SPARSECORE).read("model.weights.h5"))
+    stacked = [t for t in listed(runner, weights) if t["stacked"]]
+    assert [(t["name"], t["stacked"]["role"], t["stacked"]["holds"]) for t in stacked] == [
+        (f"rs_emb/stacked:{i}", "unknown", []) for i in range(3)
+    ]
+    result = runner.invoke(cli, ["rows", str(weights), "-l", "rs_emb/stacked:0", "0"])
+    assert result.exit_code == 1 and "not one token" in result.output

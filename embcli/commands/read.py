@@ -40,8 +40,8 @@ def table_record(table) -> dict:
 
 def stacked_label(stacked: dict) -> str:
     """`table of items, genres`: what a stacked variable is, for the aligned listing."""
-    holds = ", ".join(stacked["holds"]) or "?"
-    return f"{stacked['role']} of {holds}"
+    holds = ", ".join(stacked["holds"])
+    return f"{stacked['role']} of {holds}" if holds else stacked["role"]
 
 
 def warn(message: str) -> None:
