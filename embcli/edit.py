@@ -128,6 +128,9 @@ def plan_patches(
     reset_optimizer_rows: bool = False,
 ) -> tuple[dict, list[str]]:
     """The stored values to write, keyed by weight: `{weight: (rows, values)}`."""
+    from embcli.model import refuse_stacked
+
+    refuse_stacked(table)
     check_shape(values, table, len(rows))
     patches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if table.codec is not None:

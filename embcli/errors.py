@@ -96,6 +96,10 @@ class UnsupportedEdit(EmbcliError):
     "The table is stored in a way embcli cannot edit safely"
 
 
+class StackedTable(EmbcliError):
+    "The table is a stacked, sharded variable whose rows are not one token each"
+
+
 class VerificationFailed(EmbcliError):
     "The written copy does not read back as intended"
 

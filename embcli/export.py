@@ -17,7 +17,7 @@ from embcli.atomic import check_output, write_new_file
 from embcli.errors import BadArgument, MalformedFile
 from embcli.formats.base import ModelFile, Table
 from embcli.guarded import ByteRange, file_identity, open_regular
-from embcli.model import computed_dtype, iter_blocks
+from embcli.model import computed_dtype, iter_blocks, refuse_stacked
 from embcli.vectors import (
     export_format,
     metadata_path,
@@ -53,6 +53,8 @@ def export_tables(
     file beside `output` (see `embcli.vectors.metadata_path`).
     """
     fmt = export_format(output)
+    for table in tables:
+        refuse_stacked(table)
     if fmt != "npz" and len(tables) != 1:
         raise BadArgument(f"{output.name}: this format holds exactly one table")
     labels = metadata_path(output) if fmt == "tsv" and tokens is not None else None

@@ -15,7 +15,13 @@ import numpy as np
 
 from embcli import locking
 from embcli.dtypes import is_bfloat16
-from embcli.errors import AmbiguousTable, InterruptedEdit, NoSuchTable, UnsupportedEdit
+from embcli.errors import (
+    AmbiguousTable,
+    InterruptedEdit,
+    NoSuchTable,
+    StackedTable,
+    UnsupportedEdit,
+)
 from embcli.formats.base import ModelFile, Table
 from embcli.formats.registry import detect
 from embcli.guarded import refuse_special_file
@@ -95,6 +101,19 @@ def list_tables(model: ModelFile, all_weights: bool = False) -> list[Table]:
     return [with_codec(model, t) for t in named if all_weights or t.is_embedding]
 
 
+def readable_tables(model: ModelFile) -> list[Table]:
+    """The embedding tables whose rows can be read: `list_tables` less stacked ones."""
+    return [t for t in list_tables(model) if t.stacked is None]
+
+
+def refuse_stacked(table: Table) -> None:
+    """Refuse row access to a stacked variable, whose rows are not one token each."""
+    if table.stacked is not None:
+        from embcli.formats.keras_rs import refusal
+
+        raise StackedTable(refusal(table.name, table.stacked))
+
+
 def _keys(table: Table) -> set[str]:
     keys = {table.name, table.qualified, table.weight, *table.aliases}
     return keys | {"/" + k for k in keys if not k.startswith("/")}
@@ -138,8 +157,10 @@ def decode(
     """The values the model computes with, from stored values of `rows`.
 
     bfloat16 widens to float32 (exactly); int8-quantized tables are divided by their
-    per-row scale, as Keras does. `raw` keeps stored integers as they are.
+    per-row scale, as Keras does. `raw` keeps stored integers as they are. A stacked
+    variable is refused (`StackedTable`).
     """
+    refuse_stacked(table)
     if is_bfloat16(stored):
         return stored.astype(np.float32)
     if raw or table.quantized is None:

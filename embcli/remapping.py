@@ -22,7 +22,7 @@ from embcli.edit import check_reshapable_copy, verify_file
 from embcli.errors import BadArgument, BadVocabulary, UnsupportedEdit
 from embcli.formats.base import Edit, FilePlan, ModelFile, Table
 from embcli.init import parse_init
-from embcli.model import find_table, open_model
+from embcli.model import find_table, open_model, refuse_stacked
 from embcli.resize_config import size_changes
 from embcli.rowmap import NEW_ROW, RowMap, TablePlan
 from embcli.token_lists import read_token_list
@@ -118,6 +118,7 @@ def remap(
     with open_model(path, recover_edits=in_place) as artifact:
         check_reshapable_copy(artifact, path, target, in_place, force)
         table = find_table(artifact, name)
+        refuse_stacked(table)
         vocabulary = require_vocabulary(
             artifact, table, _optional_path(vocab, "vocab"), vocab_column
         )
@@ -169,6 +170,7 @@ def rename_tokens(
     with open_model(path, recover_edits=in_place) as artifact:
         check_reshapable_copy(artifact, path, target, in_place, force)
         table = find_table(artifact, name)
+        refuse_stacked(table)
         vocabulary = require_vocabulary(artifact, table)
         tokens = list(vocabulary.tokens)
         changed = []

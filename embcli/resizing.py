@@ -24,7 +24,7 @@ from embcli.edit import check_reshapable_copy, verify_file
 from embcli.errors import BadArgument, BadVectors, UnsupportedEdit
 from embcli.formats.base import FilePlan, ModelFile, Table
 from embcli.init import parse_init
-from embcli.model import find_table, open_model
+from embcli.model import find_table, open_model, refuse_stacked
 from embcli.resize_config import size_changes
 from embcli.rowmap import RowMap, TablePlan
 from embcli.vocab import TOKENIZER_SOURCE, Vocabulary, require_vocabulary, table_vocabulary
@@ -122,6 +122,7 @@ def resize(
     with open_model(path, recover_edits=in_place) as artifact:
         check_reshapable_copy(artifact, path, target, in_place, force)
         table = find_table(artifact, name)
+        refuse_stacked(table)
         planner = TablePlan(artifact, table, method, np.random.default_rng(seed), allow_lossy)
         vocabulary = (
             require_vocabulary(artifact, table, _optional_path(vocab, "vocab"), vocab_column)

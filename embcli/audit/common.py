@@ -12,7 +12,7 @@ import numpy as np
 
 from embcli.errors import BadArgument
 from embcli.formats.base import ModelFile, Table
-from embcli.model import find_table, list_tables
+from embcli.model import find_table, readable_tables
 
 AUDIT_BLOCK_BYTES = 8 * 1024 * 1024
 
@@ -51,7 +51,7 @@ def report_progress(progress: Progress, rows: int) -> None:
 
 def audited_tables(model: ModelFile, layer: str | None) -> list[Table]:
     """The table `layer` names, or without it every embedding table."""
-    return [find_table(model, layer)] if layer is not None else list_tables(model)
+    return [find_table(model, layer)] if layer is not None else readable_tables(model)
 
 
 def row_bytes(block: np.ndarray) -> np.ndarray:

@@ -34,7 +34,14 @@ def table_record(table) -> dict:
         "quantized": table.quantized,
         "qualified": table.qualified,
         "embedding": table.is_embedding,
+        "stacked": table.stacked.record() if table.stacked is not None else None,
     }
+
+
+def stacked_label(stacked: dict) -> str:
+    """`table of items, genres`: what a stacked variable is, for the aligned listing."""
+    holds = ", ".join(stacked["holds"])
+    return f"{stacked['role']} of {holds}" if holds else stacked["role"]
 
 
 def warn(message: str) -> None:
@@ -106,6 +113,11 @@ def layers(
     columns = list(LAYER_COLUMNS)
     if any(r["quantized"] for r in records):
         columns.insert(5, "quantized")
+    if any(r["stacked"] for r in records):
+        columns.insert(len(columns) - 1, "stacked")
+        for record in records:
+            stacked = record["stacked"]
+            record["stacked"] = stacked_label(stacked) if stacked else None
     if any(v is not None for v in vocabularies):
         columns.extend(VOCAB_COLUMNS)
     rows = [[r[c] for c in columns] for r in records]
@@ -265,7 +277,7 @@ def export(
         embcli export model.keras --projector logs/projector
     """
     from embcli.export import export_tables
-    from embcli.model import find_table, list_tables, open_model
+    from embcli.model import find_table, open_model, readable_tables
     from embcli.vectors import TOKEN_FORMATS, export_format, metadata_path
     from embcli.vocab import table_vocabulary
 
@@ -280,7 +292,7 @@ def export(
     tokens = None
     with open_model(model) as opened:
         if fmt == "npz" and layer is None:
-            tables = list_tables(opened)
+            tables = readable_tables(opened)
         else:
             tables = [find_table(opened, layer)]
         if fmt in TOKEN_FORMATS:
@@ -306,12 +318,12 @@ def export_projector_folder(
     vocab_column: str | None,
     raw: bool,
 ) -> None:
-    from embcli.model import find_table, list_tables, open_model
+    from embcli.model import find_table, open_model, readable_tables
     from embcli.projector import export_projector
     from embcli.vocab import table_vocabulary
 
     with open_model(model) as opened:
-        tables = [find_table(opened, layer)] if layer is not None else list_tables(opened)
+        tables = [find_table(opened, layer)] if layer is not None else readable_tables(opened)
         if not tables:
             raise click.ClickException(
                 "the model holds no embedding table; choose one with --layer"

@@ -49,6 +49,9 @@ class Table:
         codec: for quantized tables, how the layer stores its rows (an
             `embcli.quantization.LayerCodecs`); `shape` is then the table's shape as
             the model sees it, not the stored one.
+        stacked: for a variable that holds several tables padded, sharded and
+            interleaved (a keras-rs SparseCore stack), what it is; its rows are not
+            one token each, so it is listed but never read or written row by row.
     """
 
     name: str
@@ -63,6 +66,7 @@ class Table:
     aliases: tuple[str, ...] = ()
     owner: str = ""
     codec: Any = field(default=None, compare=False, repr=False)
+    stacked: Stacked | None = None
 
     @property
     def rows(self) -> int:
@@ -74,6 +78,36 @@ class Table:
 
     def renamed(self, name: str) -> Table:
         return replace(self, name=name)
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """A variable that holds several tables at once, padded, sharded across devices and
+    interleaved row by row, such as a keras-rs `DistributedEmbedding`'s SparseCore stack.
+
+    Attributes:
+        layer: the layer that owns it.
+        holds: the tables it holds between them, as the config names them (the stack's
+            own tables where known, else every table the layer places there).
+        role: "table" for the stacked table, "slot" for an optimizer slot of the same
+            shape, "unknown" where the file does not tell which.
+        variable: the variable's name in the framework (`var:{stack}:table`), if known.
+        layout: how the rows are laid out, in a few words.
+    """
+
+    layer: str
+    holds: tuple[str, ...]
+    role: str
+    variable: str | None
+    layout: str
+
+    def record(self) -> dict:
+        return {
+            "layer": self.layer,
+            "holds": list(self.holds),
+            "role": self.role,
+            "variable": self.variable,
+        }
 
 
 @dataclass

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from embcli.errors import MalformedFile
+from embcli.formats import keras_rs
 from embcli.formats.base import (
     EMBEDDING_SUFFIX,
     Table,
@@ -147,6 +148,8 @@ class Keras3Tables:
         Embedding's (`input_dim`, `output_dim`). A sublayer of unknown class is one only
         when its attribute or saved name says so (`token_embedding`, `table_emb`), or
         when it holds an int8 matrix with its per-row scale; a bare 2-D kernel is not."""
+        if self._is_distributed_table(owner):
+            return True
         if class_name is not None:
             if class_name.endswith(EMBEDDING_SUFFIX):
                 return True
@@ -163,8 +166,69 @@ class Keras3Tables:
             and shapes[1] == (shapes[0][0],)
         )
 
+    def _distributed(self, group: str) -> keras_rs.DistributedLayer | None:
+        """The keras-rs `DistributedEmbedding` saved at `group`, from its config entry,
+        or, in a weights file without a config, from the group's class name alone."""
+        known = self._config_layer(group)
+        if known is not None:
+            return keras_rs.distributed_layer(
+                known.class_name, known.config, known.registered_name, known.name
+            )
+        if group and self._class_name(group) == keras_rs.DISTRIBUTED_EMBEDDING_CLASS:
+            return keras_rs.DistributedLayer(self._layer_name(group), (), None, True)
+        return None
+
+    def _is_distributed_table(self, owner: _Owner) -> bool:
+        """Whether `owner` is a keras-rs table on the default device (an `EmbedReduce`
+        in the layer's `_default_device_embedding_layers`)."""
+        parts = owner.group.split("/")
+        if len(parts) < 3 or parts[-2] != keras_rs.DEFAULT_DEVICE_CONTAINER:
+            return False
+        layer = self._distributed("/".join(parts[:-2]))
+        if layer is None:
+            return False
+        return not layer.tables or keras_rs.is_default_device_table(
+            layer, parts[-2], owner.saved_name
+        )
+
+    def _stacked_tables(
+        self, owner: _Owner, layer: keras_rs.DistributedLayer, infos, all_weights: bool
+    ) -> list[Table]:
+        """A `DistributedEmbedding`'s own 2-D variables: SparseCore stacks, never rows."""
+        matrices = [info for info in infos if len(info.shape) == 2]
+        prefix = f"{owner.group}/{keras_rs.DEFAULT_DEVICE_CONTAINER}/"
+        on_device = {o.saved_name for o in self._owners.values() if o.group.startswith(prefix)} - {
+            None
+        }
+        kinds = keras_rs.stacked_variables(layer, len(matrices), on_device)  # type: ignore[arg-type]
+        name = self._layer_name(owner.group)
+        found = []
+        for info, stacked in zip(matrices, kinds, strict=True):
+            listed = stacked.role != "slot"
+            if not listed and not all_weights:
+                continue
+            position = info.path.rsplit("/", 1)[-1]
+            shown = f"{name}/{stacked.variable or 'stacked:' + position}"
+            found.append(
+                Table(
+                    name=shown,
+                    qualified=shown,
+                    class_name=keras_rs.DISTRIBUTED_EMBEDDING_CLASS,
+                    shape=(info.shape[0], info.shape[1]),
+                    dtype=info.dtype,
+                    weight=info.path,
+                    is_embedding=listed,
+                    owner=owner.group,
+                    stacked=stacked,
+                )
+            )
+        return found
+
     def _owner_tables(self, owner: _Owner, all_weights: bool) -> list[Table]:
         infos = [self._info(path) for path in owner.datasets]
+        distributed = self._distributed(owner.group)
+        if distributed is not None:
+            return self._stacked_tables(owner, distributed, infos, all_weights)
         class_name, layer_config = self._class_and_config(owner.group)
         if class_name == KERAS_EMBEDDING_CLASS and infos and len(infos[0].shape) != 2:
             raise MalformedFile(

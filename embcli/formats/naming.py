@@ -33,12 +33,14 @@ def to_snake_case(name: str) -> str:
 
 @dataclass(frozen=True)
 class ConfigLayer:
-    """A layer found in a config: its name, class, enclosing names and raw config."""
+    """A layer found in a config: its name, class, enclosing names and raw config, and
+    the name its class is registered under (`keras_rs>DistributedEmbedding`), if any."""
 
     name: str
     class_name: str
     path: tuple[str, ...]
     config: dict
+    registered_name: str | None = None
 
 
 def _unique(name: str, used: dict[str, int]) -> str:
@@ -79,7 +81,9 @@ def groups_from_config(model_config: Any, max_layers: int = 1_000_000) -> dict[s
             group = f"{prefix}{LAYERS_CONTAINER}/{_unique(to_snake_case(class_name), used)}"
             name = inner.get("name")
             name = name if isinstance(name, str) else group
-            entry = ConfigLayer(name, class_name, names + (name,), inner)
+            registered = layer.get("registered_name")
+            registered = registered if isinstance(registered, str) else None
+            entry = ConfigLayer(name, class_name, names + (name,), inner, registered)
             found[group] = entry
             stack.append((layer, group + "/", entry.path))
     return found
