@@ -323,9 +323,9 @@ class _HubHandler(BaseHTTPRequestHandler):
         for name, value in {"Content-Length": str(len(body)), **headers}.items():
             self.send_header(name, value)
         self.end_headers()
+        self.server.counts.count(len(body), data)  # before the client can have it all
         if self.command != "HEAD":
             self.wfile.write(body)
-        self.server.counts.count(len(body), data)
 
     def _json(self, value) -> None:
         self._send(200, json.dumps(value).encode(), {"Content-Type": "application/json"})
