@@ -30,6 +30,10 @@ from embcli.guarded.files import Window
 
 URL_SCHEMES = ("s3", "gs", "hf", "http", "https")
 STORE_PACKAGES = {"s3": "s3fs", "gs": "gcsfs", "hf": "huggingface_hub"}
+# Options for a store's `cat_file`, where its defaults fetch more than the range asked
+# for: HfFileSystem reads a range through a buffered file that reads ahead a whole block
+# (5 MiB) past it, once for every range. Blocks are cached here instead.
+STORE_READ_OPTIONS: dict[str, dict[str, Any]] = {"hf": {"cache_type": "none"}}
 INSTALL_HINT = "pip install 'embcli[remote]'"
 BLOCK_BYTES = 64 * 1024
 CACHED_BLOCKS = 256
@@ -241,6 +245,7 @@ class _StoreTransport:
             import fsspec
 
             self._fs, self._key = fsspec.core.url_to_fs(url)
+            self._read_options = STORE_READ_OPTIONS.get(scheme, {})
         except ImportError:
             package = STORE_PACKAGES.get(scheme, "fsspec")
             raise MissingDependency(
@@ -255,15 +260,21 @@ class _StoreTransport:
 
     def fetch(self, start: int, length: int) -> tuple[bytes, int | None]:
         try:
-            return self._fs.cat_file(self._key, start=start, end=start + length), None
+            data = self._fs.cat_file(
+                self._key, start=start, end=start + length, **self._read_options
+            )
+            return data, None
         except FileNotFoundError:
             raise
         except Exception as exc:
             raise TransferFailed(f"{self.shown}: transfer failed ({_first_line(exc)})") from None
 
     def size_and_head(self, length: int) -> tuple[int, bytes]:
-        """The object's size (its first bytes come with later reads)."""
+        """The object's size (its first bytes come with later reads). fsspec keeps one
+        filesystem per store and its listings for the life of the process: the listing is
+        dropped first, so that a model opened again sees the object as it is now."""
         try:
+            self._fs.invalidate_cache(self._key)
             info = self._fs.info(self._key)
         except FileNotFoundError:
             raise

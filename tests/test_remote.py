@@ -113,6 +113,9 @@ class _RangeHandler(BaseHTTPRequestHandler):
         self.end_headers()
         sent = 0
         cut = self.server.cut_after
+        # Counted before the body goes out: a client that has read it all may look at
+        # the counts at once, before this thread would get past its last write.
+        self.server.count(length if cut is None else min(length, cut))
         with open(path, "rb") as handle:
             handle.seek(start)
             while sent < length:
@@ -127,7 +130,6 @@ class _RangeHandler(BaseHTTPRequestHandler):
                 except (BrokenPipeError, ConnectionResetError):
                     break
                 sent += len(chunk)
-        self.server.count(sent)
         if cut is not None:
             self.close_connection = True
 
