@@ -115,14 +115,51 @@ def test_many_ranges_take_one_pass_each_plus_one_to_compare():
     assert finder.finish(model, model.table, 4096) == rows // 2
     assert planned_ranges(rows, hash_bytes) == 29
     assert finder.passes == 29 + 1
-    whole = audit.DuplicateFinder(model.table)
+    whole = audit.DuplicateFinder(model.table, indexed=False)
     assert whole.finish(model, model.table, audit.AUDIT_BLOCK_BYTES) == rows // 2
     assert whole.passes == 2
     # 2500 candidate keys, first rows for 2048 of them in 8 blocks of 4096 bytes: two
     # comparison passes
-    small_blocks = audit.DuplicateFinder(model.table, block_bytes=4096)
+    small_blocks = audit.DuplicateFinder(model.table, block_bytes=4096, indexed=False)
     assert small_blocks.finish(model, model.table, 4096) == rows // 2
     assert small_blocks.passes == 3
+    # Within the budget every hash is kept: one pass, then every (repeated) row by index.
+    indexed = audit.DuplicateFinder(model.table)
+    assert indexed.finish(model, model.table, 4096) == rows // 2
+    assert (indexed.passes, indexed.candidate_rows) == (1, rows)
+
+
+class CountingModel(MemoryModel):
+    """A MemoryModel that records which rows each read asked for."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        super().__init__(values)
+        self.reads: list[object] = []
+
+    def read(self, weight, rows):
+        self.reads.append(rows)
+        return super().read(weight, rows)
+
+
+def test_a_table_within_the_budget_is_read_once_then_only_its_repeated_rows():
+    values = np.arange(40_000, dtype=np.float32).reshape(10_000, 4)
+    values[[10, 5000, 9999]] = values[3]
+    values[7000] = values[6]
+    model = CountingModel(values)
+    found = audit.table_stats(model, model.table, block_bytes=4096)
+    assert found.duplicate_rows == 4
+    passes = [r for r in model.reads if isinstance(r, slice)]
+    by_index = [r for r in model.reads if not isinstance(r, slice)]
+    assert sum(r.stop - r.start for r in passes) == 10_000
+    assert sorted(np.concatenate(by_index).tolist()) == [3, 6, 10, 5000, 7000, 9999]
+
+
+def test_the_index_is_kept_only_within_the_budget():
+    assert audit.DuplicateFinder(
+        Table("t", "t", "Embedding", (4_194_304, 8), "float32", "t")
+    )._index
+    big = Table("t", "t", "Embedding", (4_194_305, 8), "float32", "t")
+    assert audit.DuplicateFinder(big)._index is None
 
 
 @pytest.mark.parametrize(
@@ -131,7 +168,7 @@ def test_many_ranges_take_one_pass_each_plus_one_to_compare():
 def test_ranges_at_the_default_budget(rows, ranges):
     """The figures the module's docstring gives for DUPLICATE_HASH_BYTES = 64 MiB."""
     table = Table("t", "t", "Embedding", (rows, 8), "float32", "t")
-    finder = audit.DuplicateFinder(table)
+    finder = audit.DuplicateFinder(table, indexed=False)
     assert audit.DUPLICATE_HASH_BYTES == 64 * 1024 * 1024
     assert 1 + len(finder._ranges) == planned_ranges(rows, audit.DUPLICATE_HASH_BYTES) == ranges
     assert finder._keys.capacity * 4 <= audit.DUPLICATE_HASH_BYTES * 2 / 3

@@ -15,6 +15,11 @@ makes the first pass anyway. Memory:
 `DUPLICATE_HASH_BYTES` for keys and candidates, `DUPLICATE_MEMORY_BLOCKS` blocks for the
 candidates' first rows, one block in flight, and the distinct rows that share a key with
 another row (for data not crafted to collide, a few thousand per range).
+
+A table of at most `DUPLICATE_HASH_BYTES / 16` rows (about 4.2 million at 64 MiB) is
+counted in one pass instead: every row's full hash is kept, and only the rows whose hash
+repeats are read again, by index (`embcli.audit.row_hash_index`). Over a URL that is the
+difference between fetching the table once and fetching it twice.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embcli.audit.common import AUDIT_BLOCK_BYTES, row_bytes
+from embcli.audit.row_hash_index import RowHashIndex
 from embcli.formats.base import ModelFile, Table
-from embcli.model import iter_blocks
+from embcli.model import block_rows, iter_blocks, read_rows
 
 DUPLICATE_HASH_BYTES = 64 * 1024 * 1024
 """Memory for the keys of one hash range and the candidates awaiting comparison."""
@@ -220,8 +226,10 @@ class DuplicateFinder:
     """Counts the rows bit-equal to an earlier row over as many passes as memory requires.
 
     Feed every block of the table, in order, to `add`, then call `end_pass`; repeat while
-    it returns True. `duplicates` is then the count. Each pass gathers the keys of one
-    hash range and compares the candidates the previous range left.
+    it returns True; `finish` then returns the count (and runs any pass still needed).
+    Each pass gathers the keys of one hash range and compares the candidates the previous
+    range left. A table whose rows' hashes all fit the budget (`RowHashIndex`) takes one
+    pass, and `finish` reads only the rows whose hash repeats.
     """
 
     def __init__(
@@ -230,11 +238,16 @@ class DuplicateFinder:
         *,
         block_bytes: int = AUDIT_BLOCK_BYTES,
         hash_bytes: int = DUPLICATE_HASH_BYTES,
+        indexed: bool | None = None,
     ) -> None:
+        if indexed is None:
+            indexed = RowHashIndex.fits(table.rows, hash_bytes)
+        self._index = RowHashIndex(table.rows) if indexed else None
         capacity = max(_MIN_KEYS, int(hash_bytes * _KEY_SHARE) // _KEY_BYTES)
         planned = max(1, int(capacity * _RANGE_FILL))
-        self._keys = _KeySet(min(capacity, max(_MIN_KEYS, table.rows)))
-        self._ranges = deque(_HashRange.split(max(1, math.ceil(table.rows / planned))))
+        self._keys = _KeySet(_MIN_KEYS if indexed else min(capacity, max(_MIN_KEYS, table.rows)))
+        parts = 1 if indexed else max(1, math.ceil(table.rows / planned))
+        self._ranges = deque(_HashRange.split(parts))
         self._groups_per_comparison = max(
             1, block_bytes * DUPLICATE_MEMORY_BLOCKS // max(1, table.dim * 8)
         )
@@ -244,17 +257,29 @@ class DuplicateFinder:
         self._overflowed = False
         self.duplicates = 0
         self.passes = 0
-        self._begin_pass()
+        self._counted = False
+        if self._index is None:
+            self._begin_pass()
 
     @property
     def done(self) -> bool:
+        if self._index is not None:
+            return self.passes > 0
         return self._gathering is None and self._comparing is None
+
+    @property
+    def candidate_rows(self) -> int:
+        """Rows read again by index to be compared (a table whose hashes fit the budget)."""
+        return self._index.candidate_rows if self._index is not None else 0
 
     def add(self, block: np.ndarray) -> None:
         """The next block of the current pass."""
         if self.done:
             return
         hashes = row_hashes(block)
+        if self._index is not None:
+            self._index.add(hashes)
+            return
         if self._gathering is not None and not self._overflowed:
             keys = _keys(self._gathering.select(hashes))
             self._overflowed = not self._keys.add(keys)
@@ -264,6 +289,8 @@ class DuplicateFinder:
     def end_pass(self) -> bool:
         """Finish the pass; True when another pass over the table is needed."""
         self.passes += 1
+        if self._index is not None:
+            return False
         if self._comparing is not None:
             self.duplicates += self._comparing.duplicates
         if self._gathering is not None:
@@ -294,6 +321,10 @@ class DuplicateFinder:
             for _, block in iter_blocks(model, table, block_bytes=block_bytes):
                 self.add(block)
             self.end_pass()
+        if self._index is not None and not self._counted:
+            step = block_rows(table, block_bytes)
+            self.duplicates = self._index.count(model, table, step, read_rows)
+            self._counted = True
         return self.duplicates
 
 
