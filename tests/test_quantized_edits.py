@@ -123,3 +123,17 @@ def test_resize_quantizes_new_rows_and_keras_reloads(tmp_path, name):
     report, arrays = keras_check(output, layer, scratch=tmp_path)
     assert report["input_dim"] == rows + 3
     np.testing.assert_array_equal(arrays["table"], after)
+
+
+def test_an_output_table_scale_shared_by_every_token_is_refused(tmp_path):
+    """No Keras layout has one (each token's column is quantized on its own); were a
+    scale shared across tokens, new columns would change old ones, so embcli refuses."""
+    from dataclasses import replace
+
+    with open_model(QUANT / "int8_reversible_untied.keras") as model:
+        table = find_table(model, "tokens")
+        reverse = table.codec.reverse
+        parts = dict(reverse.parts, scale=replace(reverse.parts["scale"], vocab_axis=None))
+        shared = replace(table, codec=replace(table.codec, reverse=replace(reverse, parts=parts)))
+        with pytest.raises(embcli.errors.UnsupportedEdit, match="one for every token"):
+            embcli.quantized.encoded_reverse_columns(model, shared, np.zeros((1, 6)))
