@@ -22,6 +22,7 @@ __all__ = [
     "AssignResult",
     "EmbcliError",
     "Model",
+    "OutputBias",
     "Table",
     "__version__",
     "assign",
@@ -39,6 +40,7 @@ _LAZY = {
     "recover": "embcli.api",
     "Model": "embcli.api",
     "AssignResult": "embcli.api",
+    "OutputBias": "embcli.model",
     "Table": "embcli.formats.base",
     "resize": "embcli.resizing",
     "remap": "embcli.remapping",
@@ -48,6 +50,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from embcli.api import AssignResult, Model, assign, open, recover
     from embcli.formats.base import Table
+    from embcli.model import OutputBias
     from embcli.remapping import remap, rename_tokens
     from embcli.resizing import resize
 

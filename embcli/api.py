@@ -26,11 +26,13 @@ import numpy as np
 from embcli.errors import BadArgument, BadRowSpec, BadVectors, ModelClosed
 from embcli.formats.base import ModelFile, Table
 from embcli.model import (
+    OutputBias,
     computed_dtype,
     find_table,
     iter_blocks,
     list_tables,
     open_model,
+    output_biases,
     read_rows,
     select_table,
 )
@@ -194,6 +196,12 @@ class Model:
             yield from iter_blocks(artifact, table, raw=raw)
         else:
             yield from iter_blocks(artifact, table, raw=raw, block_bytes=block_bytes)
+
+    def output_biases(self, name: str | None = None) -> list[OutputBias]:
+        """The biases with one entry per row of a table, which `resize` and `remap` move
+        with its rows: a keras-hub `MaskedLMHead`'s output bias over the vocabulary, in a
+        task archive or a preset's `task.weights.h5`. Usually none, or one."""
+        return output_biases(self.artifact, self.table(name))
 
     def dtype(self, name: str | None = None, *, raw: bool = False) -> np.dtype:
         """The dtype `read` returns for a table."""

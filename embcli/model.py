@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from embcli import locking
-from embcli.dtypes import is_bfloat16
+from embcli.dtypes import dtype_name, is_bfloat16
 from embcli.errors import (
     AmbiguousTable,
     InterruptedEdit,
@@ -207,3 +208,33 @@ def computed_dtype(table: Table, raw: bool = False) -> np.dtype:
     if table.dtype == "bfloat16" or (table.quantized == "int8" and not raw):
         return np.dtype(np.float32)
     return np.dtype(table.dtype)
+
+
+@dataclass(frozen=True)
+class OutputBias:
+    """A bias with one entry per row of a table, such as the output bias of keras-hub's
+    `MaskedLMHead` over the vocabulary: `resize` and `remap` move it with the rows.
+
+    Attributes:
+        weight: its path or key inside the artifact.
+        shape: `(rows,)` as stored.
+        dtype: the stored dtype.
+    """
+
+    weight: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def record(self) -> dict:
+        """The `--json` form: `{"weight", "shape", "dtype"}`."""
+        return {"weight": self.weight, "shape": list(self.shape), "dtype": self.dtype}
+
+
+def output_biases(model: ModelFile, table: Table) -> list[OutputBias]:
+    """The biases that follow `table`'s rows in an edit, found as the edits find them
+    (the format module's `output_biases`); usually none, or one task head's."""
+    found = []
+    for weight in model.output_biases(table):
+        shape, dtype = model.weight_info(weight)
+        found.append(OutputBias(weight, tuple(shape), dtype_name(dtype)))
+    return found

@@ -1,11 +1,11 @@
 """`embcli.resize`: give a table a new number of rows and keep the whole model in step.
 
 Old rows stay bit for bit. Whatever has the table's row count along an axis changes with
-it in the same write: an int8 table's per-row scales, an untied output table
-(`reverse_embeddings`, `(dim, rows)`), an output head named by the caller (its kernel's
-columns and its bias), every optimizer slot of those weights (new rows zero), the layer's
-size in the config (`input_dim`, a keras-hub backbone's `vocabulary_size`), and the
-vocabulary wherever the model keeps it.
+it in the same write: a quantized table's per-row scales, an untied output table
+(`reverse_embeddings`, `(dim, rows)`, quantized or not), an output head named by the
+caller (its kernel's columns and its bias), every optimizer slot of those weights (new
+rows zero), the layer's size in the config (`input_dim`, a keras-hub backbone's
+`vocabulary_size`), and the vocabulary wherever the model keeps it.
 """
 
 from __future__ import annotations

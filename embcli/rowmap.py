@@ -3,8 +3,9 @@
 A `RowMap` says, for each row of the new table, which old row it takes (or that it is
 new). A resize keeps a prefix and appends; a remap moves, drops and adds rows anywhere.
 `TablePlan` turns a row map into the new weights of one write: the table itself (int8
-tables with their scales), an untied output table `(dim, rows)` of the same layer, a
-Dense head over the vocabulary, and every optimizer slot of those (new entries zero).
+tables with their scales), an untied output table `(dim, rows)` of the same layer
+(quantized ones with their per-token scales), a Dense head over the vocabulary, and
+every optimizer slot of those (new entries zero).
 Old rows are copied bit for bit, a bounded block at a time.
 """
 
@@ -180,9 +181,7 @@ class TablePlan:
         the same init, computed over its own columns."""
         table = self.table
         if table.codec is not None and table.codec.reverse is not None:
-            raise UnsupportedEdit(
-                f"{table.name}: a quantized untied output table cannot be changed yet"
-            )
+            return self._quantized_reverse(count)
         siblings = [
             t
             for t in list_tables(self.artifact, all_weights=True)
@@ -203,6 +202,25 @@ class TablePlan:
         shape, dtype = self.artifact.weight_info(reverse[0].weight)
         columns = cast_values(self._columns_by_init(reverse[0].weight, count), dtype)
         return [_Follower(reverse[0].weight, shape, 1, dtype, columns, reverse[0])]
+
+    def _quantized_reverse(self, count: int) -> list[_Follower]:
+        """A quantized untied output table: its added columns get the same init over its
+        own columns as Keras computes them, quantized as Keras's `quantize` stores them;
+        old columns and their scales are copied as stored."""
+        from embcli.quantized import encoded_reverse_columns, iter_reverse_rows
+
+        dim = self.table.dim
+        found = None
+        if self.init.needs_statistics and count:
+            blocks = (block for _, block in iter_reverse_rows(self.artifact, self.table))
+            found = statistics(blocks, dim, self.init)
+        values = new_rows(self.init, count, dim, found, self.rng)
+        cast_values(values, np.dtype(np.float32), allow_lossy=self.allow_lossy)
+        followers = []
+        for weight, axis, stored in encoded_reverse_columns(self.artifact, self.table, values):
+            shape, dtype = self.artifact.weight_info(weight)
+            followers.append(_Follower(weight, shape, axis, dtype, stored))
+        return followers
 
     def _output_biases(self, count: int) -> list[_Follower]:
         """A task head's bias over the table's rows (keras-hub's `MaskedLMHead`), which

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embcli.config_graph import INTEGER_LOOKUP, LOOKUP_CLASSES
 from embcli.errors import BadVocabulary, UnsupportedEdit
 from embcli.token_lists import token_list_text
-from embcli.vocab import INTEGER_LOOKUP, LOOKUP_CLASSES, Vocabulary
+from embcli.vocabulary import Vocabulary
 
 CONFIG_SOURCE = "config:"
 ASSET_SOURCE = "asset:"

@@ -187,17 +187,20 @@ def test_broken_tokenizer_files_are_vocabulary_errors(tmp_path, file_name, data)
 
 
 def test_layers_of_a_preset_exactly(runner):
+    """The task's output bias is a last column (see test_layers_output_bias.py)."""
     result = runner.invoke(cli, ["layers", str(HUB / "bert_masked_lm")])
     assert result.exit_code == 0
     assert result.output == (
         "name                class                rows  dim  dtype    weight"
-        "                              vocab  vocab_source\n"
+        "                              vocab  vocab_source"
+        "                               output_bias\n"
         "segment_embedding   Embedding               2    8  float32  layers/embedding/vars/0"
-        "             -      -\n"
+        "             -      -                                          -\n"
         "position_embedding  PositionEmbedding      16    8  float32  "
-        "layers/position_embedding/vars/0    -      -\n"
+        "layers/position_embedding/vars/0    -      -                                          -\n"
         "token_embedding     ReversibleEmbedding   164    8  float32  "
-        "layers/reversible_embedding/vars/0  164    tokenizer:assets/tokenizer/vocabulary.txt\n"
+        "layers/reversible_embedding/vars/0  164    tokenizer:assets/tokenizer/vocabulary.txt"
+        "  task/layers/masked_lm_head/vars/0\n"
     )
 
 

@@ -20,6 +20,7 @@ from embcli.commands.options import (
 
 LAYER_COLUMNS = ("name", "class", "rows", "dim", "dtype", "weight")
 VOCAB_COLUMNS = ("vocab", "vocab_source")
+OUTPUT_BIAS_COLUMN = "output_bias"
 
 
 def table_record(table) -> dict:
@@ -42,6 +43,14 @@ def stacked_label(stacked: dict) -> str:
     """`table of items, genres`: what a stacked variable is, for the aligned listing."""
     holds = ", ".join(stacked["holds"])
     return f"{stacked['role']} of {holds}" if holds else stacked["role"]
+
+
+def bias_record(biases: list) -> dict | list[dict] | None:
+    """`output_bias` in `layers --json`: the bias that follows the table's rows
+    (`{"weight", "shape", "dtype"}`), null for none, a list in a model with several."""
+    if not biases:
+        return None
+    return biases[0].record() if len(biases) == 1 else [b.record() for b in biases]
 
 
 def warn(message: str) -> None:
@@ -77,7 +86,8 @@ def layers(
 ) -> None:
     """List the embedding tables of MODEL: every layer whose class ends in Embedding.
     A table whose vocabulary is known (from a lookup layer feeding it, or --vocab, which
-    applies to every embedding table) shows its size and source.
+    applies to every embedding table) shows its size and source; one with an output bias
+    that edits move with its rows (a keras-hub MaskedLMHead's) shows that weight.
 
     \b
     Example:
@@ -85,7 +95,7 @@ def layers(
         embcli layers model.h5 --all --json
         embcli layers model.keras --vocab words.txt
     """
-    from embcli.model import list_tables, open_model
+    from embcli.model import list_tables, open_model, output_biases
     from embcli.output import aligned, to_csv, to_json
     from embcli.vocab import find_vocabulary, load_vocabulary_file
 
@@ -98,11 +108,13 @@ def layers(
             (given if t.is_embedding else None) if given is not None else find_vocabulary(opened, t)
             for t in tables
         ]
+        biases = [output_biases(opened, t) for t in tables]
     records = []
-    for table, vocabulary in zip(tables, vocabularies, strict=True):
+    for table, vocabulary, bias in zip(tables, vocabularies, biases, strict=True):
         record = table_record(table)
         record["vocab"] = len(vocabulary) if vocabulary is not None else None
         record["vocab_source"] = vocabulary.source if vocabulary is not None else None
+        record[OUTPUT_BIAS_COLUMN] = bias_record(bias)
         records.append(record)
         problem = vocabulary.size_problem(table) if vocabulary is not None else None
         if problem:
@@ -121,6 +133,10 @@ def layers(
     if any(v is not None for v in vocabularies):
         columns.extend(VOCAB_COLUMNS)
     rows = [[r[c] for c in columns] for r in records]
+    if any(biases):
+        columns.append(OUTPUT_BIAS_COLUMN)
+        for row, bias in zip(rows, biases, strict=True):
+            row.append(", ".join(b.weight for b in bias) or None)
     if mode == "csv":
         click.echo(to_csv(rows, columns), color=True)
     elif rows:
