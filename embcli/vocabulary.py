@@ -73,6 +73,11 @@ class Vocabulary:
     def token_at(self, row: int) -> str | None:
         return self.tokens[row] if 0 <= row < len(self.tokens) else None
 
+    def spare_rows(self, table: Table) -> int:
+        """Rows of `table` past the vocabulary's last token (padding, such as a table
+        rounded up to a multiple of 64); 0 when the vocabulary fills the table."""
+        return max(0, table.rows - len(self.tokens))
+
     def size_problem(self, table: Table) -> str | None:
         """A warning when the vocabulary and the table disagree on the number of rows."""
         if len(self.tokens) == table.rows:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, MANIFEST, fixture_names
 
+import embcli
 from embcli.cli import cli
 from embcli.errors import BadVocabulary, UnknownToken
 from embcli.model import find_table, list_tables, open_model, read_rows
@@ -469,6 +470,30 @@ def test_layers_json_and_csv(runner):
         "name,class,rows,dim,dtype,weight,vocab,vocab_source",
         "tok_emb,Embedding,10,4,float32,layers/embedding/vars/0,10,config:tv",
     ]
+
+
+def test_layers_shows_spare_rows_past_the_vocabulary(runner, tmp_path):
+    padded = tmp_path / "padded.keras"
+    embcli.resize(
+        FIXTURES / "k3_vocab.keras", "tok_emb", add_tokens=["zebra"], pad_to_multiple=8,
+        output=padded,
+    )  # fmt: skip
+    result = runner.invoke(cli, ["layers", str(padded)])
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [
+        "name        class      rows  dim  dtype    weight                     vocab  vocab_source                               spare_rows",
+        "tok_emb     Embedding    16    4  float32  layers/embedding/vars/0       11  config:tv                                           5",
+        "lookup_emb  Embedding     6    4  float32  layers/embedding_1/vars/0      6  asset:layers/string_lookup/vocabulary.txt           0",
+    ]
+    listed = json.loads(runner.invoke(cli, ["layers", str(padded), "--json"]).stdout)
+    assert [t["spare_rows"] for t in listed] == [5, 0]
+    plain = json.loads(
+        runner.invoke(cli, ["layers", str(FIXTURES / "k3_vocab.keras"), "--json"]).stdout
+    )
+    assert [t["spare_rows"] for t in plain] == [0, 0]
+    assert (
+        "spare_rows" not in runner.invoke(cli, ["layers", str(FIXTURES / "k3_vocab.keras")]).stdout
+    )
 
 
 def test_layers_warns_when_sizes_differ(runner, tmp_path):

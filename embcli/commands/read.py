@@ -20,6 +20,7 @@ from embcli.commands.options import (
 
 LAYER_COLUMNS = ("name", "class", "rows", "dim", "dtype", "weight")
 VOCAB_COLUMNS = ("vocab", "vocab_source")
+SPARE_ROWS_COLUMN = "spare_rows"
 OUTPUT_BIAS_COLUMN = "output_bias"
 
 
@@ -114,6 +115,7 @@ def layers(
         record = table_record(table)
         record["vocab"] = len(vocabulary) if vocabulary is not None else None
         record["vocab_source"] = vocabulary.source if vocabulary is not None else None
+        record[SPARE_ROWS_COLUMN] = vocabulary.spare_rows(table) if vocabulary is not None else None
         record[OUTPUT_BIAS_COLUMN] = bias_record(bias)
         records.append(record)
         problem = vocabulary.size_problem(table) if vocabulary is not None else None
@@ -132,6 +134,8 @@ def layers(
             record["stacked"] = stacked_label(stacked) if stacked else None
     if any(v is not None for v in vocabularies):
         columns.extend(VOCAB_COLUMNS)
+    if any(r[SPARE_ROWS_COLUMN] for r in records):
+        columns.append(SPARE_ROWS_COLUMN)
     rows = [[r[c] for c in columns] for r in records]
     if any(biases):
         columns.append(OUTPUT_BIAS_COLUMN)
