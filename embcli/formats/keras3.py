@@ -59,6 +59,7 @@ from embcli.remote import RemoteObject, remote_object_of
 from embcli.tokenizer_assets import ARCHIVE, PRESET, TokenizerFiles
 
 CONFIG_FILENAME = "config.json"
+METADATA_FILENAME = "metadata.json"
 WEIGHTS_FILENAME = "model.weights.h5"
 NPZ_WEIGHTS_FILENAME = "model.weights.npz"
 ASSETS_DIRNAME = "assets"
@@ -348,6 +349,16 @@ class Keras3File(Keras3Tables, Keras3Writing, ModelFile):
             PRESET if folder.is_file(TOKENIZER_CONFIG_FILE) else ARCHIVE,
             config,
         )
+
+    def known_files(self) -> list[str]:
+        """The files of this model's folder that embcli knows by name, whether or not
+        each is there: what a copy of a folder that cannot be listed is made from."""
+        names = [CONFIG_FILENAME, METADATA_FILENAME]
+        names += [relative.as_posix() for relative in self._folder_files().values()]
+        tokenizer = self.tokenizer_files()
+        if tokenizer is not None:
+            names += list(tokenizer.files)
+        return list(dict.fromkeys(names))
 
     def output_biases(self, table: Table) -> list[str]:
         """The output biases over `table`'s rows: the 1-D weight of each task head that

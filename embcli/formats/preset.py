@@ -81,6 +81,14 @@ class PresetFile(Keras3File):
     def _folder_files(self) -> dict[str, Path]:
         return {key: Path(WEIGHTS_FILENAME if key == "" else key) for key in self._sources}
 
+    def known_files(self) -> list[str]:
+        """As for any Keras folder, and the preset's task, preprocessor and tokenizer
+        configs and its shard index."""
+        names = [TASK_CONFIG_FILENAME, PREPROCESSOR_CONFIG_FILENAME, TOKENIZER_CONFIG_FILENAME]
+        if self._shard_map is not None:
+            names.append(SHARDED_WEIGHTS_FILENAME)
+        return list(dict.fromkeys([*super().known_files(), *names]))
+
     def _qualified(self, group: str) -> str:
         """Backbone layers are named through the backbone when a task holds it, as
         Keras names them in the task (`bert_backbone/token_embedding`)."""
