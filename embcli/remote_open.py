@@ -18,9 +18,9 @@ import urllib.parse
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 
-from embcli.errors import MalformedFile, UnsupportedEdit, UnsupportedFormat
+from embcli.errors import MalformedFile, UnsafeFile, UnsupportedEdit, UnsupportedFormat
 from embcli.formats.base import Edit, H5Source, ModelFile, WritePlan
 from embcli.formats.keras3 import Keras3File
 from embcli.formats.legacy_h5 import LegacyH5File
@@ -30,6 +30,7 @@ from embcli.guarded import H5_ERRORS, HDF5_SIGNATURE
 from embcli.guarded.files import SNIFF_BYTES
 from embcli.locations import (
     FOLDER_MARKER,
+    SMALL_FILE_LIMIT,
     RemoteFolder,
     RemoteFolderPath,
     names_folder,
@@ -42,6 +43,7 @@ SHARDED_KIND = "keras sharded weights"
 LEGACY_KIND = "legacy h5"
 FOLDER_KIND = "keras folder"
 PRESET_KIND = "keras-hub preset"
+H5_SUFFIX = ".h5"
 
 
 class RemoteProbe(Probe):
@@ -145,20 +147,25 @@ class _RemoteSharded(_EditsFromDownload, Keras3File):
     only when a table in it is read."""
 
     def _downloads(self) -> tuple[dict[str, RemoteObject], str]:
-        folder, index = self._beside()
-        assert isinstance(folder, RemoteFolder)
+        beside, index = self._beside()
+        folder = cast(RemoteFolder, beside)
         return {name: folder.object(name) for name in (index, *self._sources)}, index
 
 
 class _RemoteFolders(_EditsFromDownload):
     """A model folder at a URL: the files its kind knows by name (`known_files`) that are
     there are downloaded for an edit; a folder at a URL cannot be listed, so nothing else
-    is."""
+    is. Files other than weights are bounded as when they are read."""
+
+    known_files: Callable[[], list[str]]
 
     def _downloads(self) -> tuple[dict[str, RemoteObject], str]:
-        folder = self.path.location
-        names = [name for name in self.known_files() if folder.exists(name)]  # type: ignore[attr-defined]
+        folder: RemoteFolder = self.path.location
+        names = [name for name in self.known_files() if folder.exists(name)]
         names += [name for name in folder.found() if name not in names]
+        for name in names:
+            if not name.endswith(H5_SUFFIX) and folder.size(name) > SMALL_FILE_LIMIT:
+                raise UnsafeFile(f"{folder.shown(name)} is larger than {SMALL_FILE_LIMIT} bytes")
         return {name: folder.object(name) for name in names}, ""
 
 

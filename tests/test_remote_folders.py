@@ -20,7 +20,7 @@ import embcli
 from embcli.cli import cli
 from embcli.errors import UnsafeFile
 from embcli.guarded import parsing
-from embcli.locations import RemoteFolder
+from embcli.locations import LocalFolder, RemoteFolder
 from embcli.remote import LIMITS, reset_transfer_stats, transfer_stats
 
 HUB = FIXTURES / "hub"
@@ -225,10 +225,15 @@ def test_a_preset_without_weights_is_one_error_line(http_server, runner, tmp_pat
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../b", "a\\b", ""])
-def test_a_remote_folder_refuses_names_outside_it(name):
-    folder = RemoteFolder("http://127.0.0.1:9/models/preset/")
+def test_a_folder_refuses_names_outside_it(name, tmp_path):
+    remote = RemoteFolder("http://127.0.0.1:9/models/preset/")
     with pytest.raises(UnsafeFile, match="names a file outside the folder"):
-        folder.member_url(name)
+        remote.member_url(name)
+    (tmp_path / "x").write_bytes(b"outside")
+    local = LocalFolder(tmp_path / "preset")
+    for ask in (local.exists, local.is_file, local.read):
+        with pytest.raises(UnsafeFile, match="names a file outside the folder"):
+            ask(name)
 
 
 def test_a_folder_url_without_the_extra_names_the_install(monkeypatch, runner):
@@ -334,3 +339,13 @@ def test_a_missing_s3_prefix_is_one_error_line(bucket, runner):
     result = runner.invoke(cli, ["layers", f"{bucket}/absent"])
     assert result.exit_code == 1
     assert result.output == f"Error: {bucket}/absent: no such file or folder\n"
+
+
+def test_a_remote_weights_file_in_a_preset_finds_the_tokenizer_beside_it(http_server, runner):
+    folder, table, token = FOLDERS["gpt2"]
+    url = http_server.serve_folder(folder, "gpt2") + "model.weights.h5"
+    local = folder / "model.weights.h5"
+    for verb, *rest in (["rows", "-l", table, "--token", token, "--json"], ["layers"]):
+        result = same_output(runner, [verb, str(local), *rest], [verb, url, *rest])
+        assert result.exit_code == 0, result.output
+    assert "gpt2/tokenizer.json" in http_server.names_asked()
