@@ -60,6 +60,7 @@ def commands(table: str, token: str | None) -> list[list[str]]:
         ["rows", "-l", table, "0", "3", "-1", "--json"],
         ["stats", "-l", table, "--json"],
         ["neighbors", "-l", table, "1", "--json"],
+        ["check", "-l", table],
     ]
     if token is not None:
         found.append(["rows", "-l", table, "--token", token, "--json"])
@@ -312,7 +313,7 @@ def bucket(s3_endpoint, monkeypatch):
 def test_s3_folders_give_the_local_folders_output(bucket, runner, name, tmp_path):
     folder, table, token = FOLDERS[name]
     url = f"{bucket}/{name}"
-    for verb, *rest in commands(table, token)[:3] + commands(table, token)[5:]:
+    for verb, *rest in commands(table, token)[:3] + commands(table, token)[6:]:
         reset_transfer_stats()
         result = same_output(runner, [verb, str(folder), *rest], [verb, url, *rest])
         assert result.exit_code == 0, (verb, result.output)
