@@ -36,6 +36,7 @@ from embcli.model import (
     read_rows,
     select_table,
 )
+from embcli.remote import is_url, shown_url
 
 if TYPE_CHECKING:
     from embcli.pretrained import Coverage
@@ -119,25 +120,26 @@ class Model:
     context manager.
 
     Attributes:
-        path: the path it was opened from.
+        path: the path it was opened from (a `Path`), or the URL (the `str` given).
         format: its kind, as `embcli layers` calls it ("keras archive", "legacy h5", ...).
     """
 
-    def __init__(self, artifact: ModelFile, path: Path) -> None:
+    def __init__(self, artifact: ModelFile, path: Path | str) -> None:
         self._artifact: ModelFile | None = artifact
         self.path = path
+        self._shown = shown_url(path) if isinstance(path, str) else str(path)
         self.format = artifact.artifact_kind.name if artifact.artifact_kind else "?"
         self._all: list[Table] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._artifact is None else self.format
-        return f"<embcli.Model {str(self.path)!r} ({state})>"
+        return f"<embcli.Model {self._shown!r} ({state})>"
 
     @property
     def artifact(self) -> ModelFile:
         """The format module's open artifact, for the library's own functions."""
         if self._artifact is None:
-            raise ModelClosed(f"{self.path} was closed")
+            raise ModelClosed(f"{self._shown} was closed")
         return self._artifact
 
     @property
@@ -247,18 +249,29 @@ def open(path: PathLike) -> Model:  # noqa: A001 - the name users expect: embcli
 
     Args:
         path: a `.keras` archive, model folder, `.weights.h5`, sharded `.weights.json`,
-            legacy `.h5`, TF SavedModel folder or checkpoint prefix.
+            legacy `.h5`, keras-hub preset, TF SavedModel folder or checkpoint prefix;
+            or the URL of one of the Keras kinds (`s3://`, `gs://`, `hf://`,
+            `http(s)://`), read by byte ranges.
 
     Example:
         >>> with embcli.open("model.keras") as model:
         ...     vectors = model.read("words", slice(0, 10))
+        >>> with embcli.open("s3://bucket/presets/bert_base_en/") as model:
+        ...     tokens = model.vocabulary("token_embedding")
     """
-    path = _as_path(path, "path")
+    path = _as_model(path, "path")
     return Model(open_model(path), path)
 
 
 def _optional_path(value: Any, what: str) -> Path | None:
     return None if value is None else _as_path(value, what)
+
+
+def _as_model(value: Any, what: str) -> Path | str:
+    """A model's local path, or the URL a string names, kept as the string it is."""
+    if isinstance(value, str) and is_url(value):
+        return value
+    return _as_path(value, what)
 
 
 def _as_path(value: Any, what: str) -> Path:
@@ -333,10 +346,10 @@ def assign(
     from embcli.edit import assign as assign_rows
     from embcli.rowspec import refuse_repeats
 
-    path = _as_path(path, "path")
+    path = _as_model(path, "path")
     if (output is None) == (not in_place):
         raise BadArgument("give exactly one of output and in_place=True")
-    target = path if in_place else _as_path(output, "output")
+    target = _as_path(path, "path") if in_place else _as_path(output, "output")
     given = sum(x is not None for x in (values, fill, by_token))
     if given != 1:
         raise BadArgument("give exactly one of values, fill and by_token")

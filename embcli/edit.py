@@ -101,7 +101,7 @@ def output_suffix_problem(model: ModelFile, output: Path) -> str | None:
 
 
 def check_reshapable_copy(
-    model: ModelFile, path: Path, target: Path, in_place: bool, force: bool
+    model: ModelFile, path: Path | str, target: Path, in_place: bool, force: bool
 ) -> None:
     """Refuse, before any work, an edit that reshapes weights where the format cannot,
     or whose output exists (without `force`) or is misnamed."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from embcli import atomic
-from embcli.api import Notify, PathLike, _as_path, _optional_path
+from embcli.api import Notify, PathLike, _as_model, _as_path, _optional_path
 from embcli.edit import check_reshapable_copy, verify_file
 from embcli.errors import BadArgument, BadVocabulary, UnsupportedEdit
 from embcli.formats.base import Edit, FilePlan, ModelFile, Table
@@ -109,10 +109,10 @@ def remap(
         map_out: a file to write `old_index<TAB>new_index` to, a line for each kept row.
         output, in_place, force, allow_lossy, notify: as for `embcli.resize`.
     """
-    path = _as_path(path, "path")
+    path = _as_model(path, "path")
     if (output is None) == (not in_place):
         raise BadArgument("give exactly one of output and in_place=True")
-    target = path if in_place else _as_path(output, "output")
+    target = _as_path(path, "path") if in_place else _as_path(output, "output")
     method = parse_init(init)
     say = notify or (lambda line: None)
     with open_model(path, recover_edits=in_place) as artifact:
@@ -161,12 +161,12 @@ def rename_tokens(
 ) -> list[tuple[int, str, str]]:
     """Give some tokens new text where the model keeps its vocabulary; their rows and
     vectors stay. Returns `(row, old, new)` for each token renamed."""
-    path = _as_path(path, "path")
+    path = _as_model(path, "path")
     if (output is None) == (not in_place):
         raise BadArgument("give exactly one of output and in_place=True")
     if not renames:
         raise BadArgument("give at least one token to rename")
-    target = path if in_place else _as_path(output, "output")
+    target = _as_path(path, "path") if in_place else _as_path(output, "output")
     with open_model(path, recover_edits=in_place) as artifact:
         check_reshapable_copy(artifact, path, target, in_place, force)
         table = find_table(artifact, name)

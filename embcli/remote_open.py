@@ -1,49 +1,72 @@
 """Telling the kind of a model at a URL, and opening it over byte ranges.
 
 `RemoteProbe` answers the registry's questions from the object's first bytes and, for
-HDF5, its root group, read through the same guarded readers as a local file. A kind
-opens remotely when `REMOTE_OPENERS` names it: `.keras` archives, Keras 3 `.weights.h5`,
-sharded `.weights.json` (with the shards beside it) and legacy `.h5` files. An edit of a
-model at a URL plans its copy from a local download of the object (and its shards), made
-when the edit asks for it.
+HDF5, its root group, read through the same guarded readers as a local file. A URL names
+a folder (a `RemoteFolder`) when no object is there, or its path ends with `/`, and the
+folder holds `config.json`; a folder's files are asked for by name only. A kind opens
+remotely when `REMOTE_OPENERS` names it: `.keras` archives, Keras 3 `.weights.h5`,
+sharded `.weights.json` (with the shards beside it), legacy `.h5` files, unzipped Keras
+model folders and keras-hub presets. An edit of a model at a URL plans its copy from a
+local download of the object (and its shards), or of the folder's known files, made when
+the edit asks for it.
 """
 
 from __future__ import annotations
 
 import tempfile
+import urllib.parse
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 from embcli.errors import MalformedFile, UnsafeFile, UnsupportedEdit, UnsupportedFormat
 from embcli.formats.base import Edit, H5Source, ModelFile, WritePlan
-from embcli.formats.keras3 import SHARD_MAP_KEY, Keras3File, shard_names
+from embcli.formats.keras3 import Keras3File
 from embcli.formats.legacy_h5 import LegacyH5File
+from embcli.formats.preset import PresetFile
 from embcli.formats.registry import HDF5_USERBLOCK_OFFSETS, ArtifactKind, Probe
-from embcli.guarded import H5_ERRORS, HDF5_SIGNATURE, MAX_JSON_BYTES, parse_json
+from embcli.guarded import H5_ERRORS, HDF5_SIGNATURE
 from embcli.guarded.files import SNIFF_BYTES
+from embcli.locations import (
+    FOLDER_MARKER,
+    SMALL_FILE_LIMIT,
+    RemoteFolder,
+    RemoteFolderPath,
+    names_folder,
+)
 from embcli.remote import RemoteObject, RemotePath, TransferFailed, shown_url
 
 ARCHIVE_KIND = "keras archive"
 WEIGHTS_KIND = "keras weights"
 SHARDED_KIND = "keras sharded weights"
 LEGACY_KIND = "legacy h5"
+FOLDER_KIND = "keras folder"
+PRESET_KIND = "keras-hub preset"
+H5_SUFFIX = ".h5"
 
 
 class RemoteProbe(Probe):
-    """A `Probe` of an object at a URL: never a folder, read by ranges."""
+    """A `Probe` of a URL: an object read by ranges, or a folder (a prefix that holds
+    `config.json`) whose files are asked for by name."""
 
     def __init__(self, remote: RemoteObject) -> None:
-        super().__init__(Path(PurePosixPath(remote.key).name or "object"))
+        super().__init__(Path(PurePosixPath(remote.key.rstrip("/")).name or "object"))
         self.remote = remote
 
     @cached_property
     def exists(self) -> bool:
-        return self.remote.exists
+        return not names_folder(self.remote.url) and self.remote.exists
+
+    @cached_property
+    def folder(self) -> RemoteFolder:
+        return RemoteFolder(self.remote.url, self.remote.limits)
 
     @cached_property
     def is_dir(self) -> bool:
+        return not self.exists and self.folder.is_file(FOLDER_MARKER)
+
+    def has_sibling(self, suffix: str) -> bool:
         return False
 
     @cached_property
@@ -69,16 +92,13 @@ class RemoteProbe(Probe):
         except H5_ERRORS as exc:
             raise MalformedFile(f"{self.remote.shown}: not a readable HDF5 file ({exc})") from None
 
-    def has_file(self, name: str) -> bool:
-        return False
-
 
 class _EditsFromDownload:
     """For a model at a URL: an edit plans its copy from a local download of the object
-    (and its shards), made the first time an edit asks, removed when the model closes."""
+    (and its shards), or of a folder's known files, made the first time an edit asks,
+    removed when the model closes."""
 
     path: Any
-    shard_objects: dict[str, RemoteObject]
     _download: _Download | None = None
 
     def plan_write(self, output: Path, patches: Any, in_place: bool) -> WritePlan:
@@ -95,12 +115,17 @@ class _EditsFromDownload:
                 self._download.close()
                 self._download = None
 
+    def _downloads(self) -> tuple[dict[str, RemoteObject], str]:
+        """The files to download, by their names in the download's folder, and the name
+        of the one to open there ("" for the folder itself)."""
+        name = _file_name(self.path.remote.url)
+        return {name: self.path.remote}, name
+
     def _local_copy(self, in_place: bool) -> ModelFile:
         if in_place:
             raise UnsupportedEdit(refuse_in_place(self.path.remote.url))
         if self._download is None:
-            files = [self.path.remote, *getattr(self, "shard_objects", {}).values()]
-            self._download = _Download(files)
+            self._download = _Download(*self._downloads())
         return self._download.open(lambda copy: _open_local(self, copy))
 
 
@@ -117,29 +142,39 @@ class _RemoteWeights(_EditsFromDownload, Keras3File):
 
 
 class _RemoteSharded(_EditsFromDownload, Keras3File):
-    """A sharded Keras 3 `.weights.json` at a URL, its shards beside it. Each shard's
-    metadata is read when it opens; its data only when a table in it is read."""
+    """A sharded Keras 3 `.weights.json` at a URL, its shards beside it (read through
+    the `RemoteFolder` it sits in). Each shard's metadata is read when it opens; its data
+    only when a table in it is read."""
 
-    def _open_sharded(self) -> None:
-        remote = self.path.remote
-        if remote.size > MAX_JSON_BYTES:
-            raise UnsafeFile(f"{self.path} is larger than {MAX_JSON_BYTES} bytes")
-        index = parse_json(remote.pread(remote.size, 0), str(self.path))
-        weight_map = index.get(SHARD_MAP_KEY) if isinstance(index, dict) else None
-        if not isinstance(weight_map, dict):
-            raise MalformedFile(f"{self.path}: no {SHARD_MAP_KEY} in the shard index")
-        self._shard_map = index
-        self.shard_objects = {}
-        for shard in shard_names(weight_map):
-            shard_remote = RemoteObject(sibling_url(remote.url, shard), remote.limits)
-            if not shard_remote.exists:
-                raise MalformedFile(f"{self.path}: shard {shard} is missing")
-            self.shard_objects[shard] = shard_remote
-            self._sources[shard] = H5Source(
-                RemotePath(shard_remote),  # type: ignore[arg-type]
-                shard_remote.window(),
-                shard_remote.size,
-            )
+    def _downloads(self) -> tuple[dict[str, RemoteObject], str]:
+        beside, index = self._beside()
+        folder = cast(RemoteFolder, beside)
+        return {name: folder.object(name) for name in (index, *self._sources)}, index
+
+
+class _RemoteFolders(_EditsFromDownload):
+    """A model folder at a URL: the files its kind knows by name (`known_files`) that are
+    there are downloaded for an edit; a folder at a URL cannot be listed, so nothing else
+    is. Files other than weights are bounded as when they are read."""
+
+    known_files: Callable[[], list[str]]
+
+    def _downloads(self) -> tuple[dict[str, RemoteObject], str]:
+        folder: RemoteFolder = self.path.location
+        names = [name for name in self.known_files() if folder.exists(name)]
+        names += [name for name in folder.found() if name not in names]
+        for name in names:
+            if not name.endswith(H5_SUFFIX) and folder.size(name) > SMALL_FILE_LIMIT:
+                raise UnsafeFile(f"{folder.shown(name)} is larger than {SMALL_FILE_LIMIT} bytes")
+        return {name: folder.object(name) for name in names}, ""
+
+
+class _RemoteFolder(_RemoteFolders, Keras3File):
+    """An unzipped Keras 3 model folder at a URL."""
+
+
+class _RemotePreset(_RemoteFolders, PresetFile):
+    """A keras-hub preset folder at a URL."""
 
 
 class _RemoteLegacy(_EditsFromDownload, LegacyH5File):
@@ -156,27 +191,26 @@ class _RemoteLegacy(_EditsFromDownload, LegacyH5File):
             raise
 
 
-def sibling_url(url: str, name: str) -> str:
-    """The URL of the file `name` in the same folder as `url`."""
-    return url.rsplit("/", 1)[0] + "/" + name
-
-
 REMOTE_OPENERS: dict[str, Callable[[RemotePath], ModelFile]] = {
     ARCHIVE_KIND: lambda path: _RemoteArchive(path, "archive"),  # type: ignore[arg-type]
     WEIGHTS_KIND: lambda path: _RemoteWeights(path, "weights"),  # type: ignore[arg-type]
     SHARDED_KIND: lambda path: _RemoteSharded(path, "sharded"),  # type: ignore[arg-type]
     LEGACY_KIND: _RemoteLegacy,
+    FOLDER_KIND: lambda path: _RemoteFolder(path, "folder"),  # type: ignore[arg-type]
+    PRESET_KIND: _RemotePreset,  # type: ignore[dict-item]
 }
 
 
 def open_remote(url: str, kind_of: Callable[[Probe], ArtifactKind]) -> ModelFile:
     """Open the model at `url` read-only, its kind told by `kind_of` from a probe."""
     remote = RemoteObject(url)
-    kind = kind_of(RemoteProbe(remote))
+    probe = RemoteProbe(remote)
+    kind = kind_of(probe)
     opener = REMOTE_OPENERS.get(kind.name)
     if opener is None:
         raise UnsupportedFormat(f"{remote.shown}: a {kind.name} cannot be read from a URL")
-    model = opener(RemotePath(remote))
+    path = RemoteFolderPath(remote, probe.folder) if probe.is_dir else RemotePath(remote)
+    model = opener(path)
     model.artifact_kind = kind
     return model
 
@@ -188,25 +222,27 @@ def refuse_in_place(url: str) -> str:
 
 
 class _Download:
-    """Local copies of remote files, side by side in a temporary folder."""
+    """Local copies of remote files, side by side (or, for a folder, at their places
+    under it) in a temporary folder."""
 
-    def __init__(self, files: list[RemoteObject]) -> None:
+    def __init__(self, files: dict[str, RemoteObject], main: str) -> None:
         self.files = files
+        self.main = main
         self._folder: tempfile.TemporaryDirectory | None = None
         self._model: ModelFile | None = None
 
     def open(self, opener: Callable[[Path], ModelFile]) -> ModelFile:
-        """The first file's local copy, opened by `opener` (once)."""
+        """The local copy of `main` (the folder itself, for ""), opened by `opener` once."""
         if self._model is None:
             self._folder = tempfile.TemporaryDirectory(prefix="embcli-remote-")
-            copies = [
-                Path(self._folder.name) / (PurePosixPath(remote.key).name or "model")
-                for remote in self.files
-            ]
-            for remote, copy in zip(self.files, copies, strict=True):
+            root = Path(self._folder.name) / "model"
+            root.mkdir()
+            for name, remote in self.files.items():
+                copy = root.joinpath(*PurePosixPath(name).parts)
+                copy.parent.mkdir(parents=True, exist_ok=True)
                 with open(copy, "wb") as handle:
                     remote.download(handle)
-            self._model = opener(copies[0])
+            self._model = opener(root / self.main if self.main else root)
         return self._model
 
     def close(self) -> None:
@@ -218,7 +254,13 @@ class _Download:
             self._folder = None
 
 
+def _file_name(url: str) -> str:
+    return PurePosixPath(urllib.parse.urlsplit(url).path).name or "model"
+
+
 def _open_local(model: _EditsFromDownload, copy: Path) -> ModelFile:
+    if isinstance(model, PresetFile):
+        return PresetFile(copy)
     if isinstance(model, Keras3File):
         return Keras3File(copy, model.kind)
     if isinstance(model, LegacyH5File):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from embcli import atomic
-from embcli.api import Notify, PathLike, _as_path, _optional_path, _vectors
+from embcli.api import Notify, PathLike, _as_model, _as_path, _optional_path, _vectors
 from embcli.edit import check_reshapable_copy, verify_file
 from embcli.errors import BadArgument, BadVectors, UnsupportedEdit
 from embcli.formats.base import FilePlan, ModelFile, Table
@@ -106,10 +106,10 @@ def resize(
         force: replace `output` if it exists.
         notify: called with each note or report line as text.
     """
-    path = _as_path(path, "path")
+    path = _as_model(path, "path")
     if (output is None) == (not in_place):
         raise BadArgument("give exactly one of output and in_place=True")
-    target = path if in_place else _as_path(output, "output")
+    target = _as_path(path, "path") if in_place else _as_path(output, "output")
     if sum(x is not None for x in (rows, add, add_tokens)) != 1:
         raise BadArgument("give exactly one of rows, add and add_tokens")
     for label, number in (("rows", rows), ("add", add), ("pad_to_multiple", pad_to_multiple)):

@@ -72,3 +72,18 @@ def _skip_without_oracles(request):
         pytest.skip("Keras, the oracle, is not installed (pip install '.[test]')")
     if request.node.get_closest_marker("tensorflow") and not _installed("tensorflow"):
         pytest.skip("TensorFlow is not installed (pip install '.[test]')")
+
+
+# Servers on loopback for the tests of models at URLs (see remote_servers).
+@pytest.fixture
+def http_server():
+    from remote_servers import running_http_server
+
+    yield from running_http_server()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    from remote_servers import running_s3_server
+
+    yield from running_s3_server()

@@ -1,25 +1,21 @@
 """Models at URLs, read by byte ranges from real servers on loopback.
 
-The HTTP server (stdlib `http.server`) serves byte ranges and counts the bytes and
-requests it answers, so that byte budgets are checked from the server's side. Each
-server runs on 127.0.0.1 in one daemon thread, is shut down by its fixture, and shuts
-itself down after `SERVER_LIFETIME` seconds whatever happens.
+The HTTP server (`remote_servers.CountingServer`) serves byte ranges and counts the
+bytes and requests it answers, so that byte budgets are checked from the server's side.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 from conftest import FIXTURES
+from remote_servers import CountingServer
 
 import embcli
 from embcli.cli import cli
@@ -34,121 +30,6 @@ from embcli.remote import (
     url_of,
 )
 
-SERVER_LIFETIME = 300.0
-MB = 1024 * 1024
-
-
-class CountingServer(HTTPServer):
-    """Serves the files in `files` (URL path -> local path), with Range support, one
-    request at a time in the server's own thread (embcli's reads are sequential)."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _RangeHandler)
-        self.files: dict[str, Path] = {}
-        self.redirects: dict[str, str] = {}
-        self.ignore_ranges = False
-        self.cut_after: int | None = None
-        self.bytes_sent = 0
-        self.requests = 0
-        self._lock = threading.Lock()
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/{name}"
-
-    def serve(self, path: Path, name: str | None = None) -> str:
-        name = name or path.name
-        self.files[name] = path
-        return self.url(name)
-
-    def count(self, sent: int) -> None:
-        with self._lock:
-            self.bytes_sent += sent
-            self.requests += 1
-
-    def reset(self) -> None:
-        with self._lock:
-            self.bytes_sent = 0
-            self.requests = 0
-
-
-class _RangeHandler(BaseHTTPRequestHandler):
-    server: CountingServer
-    timeout = 10
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        name = self.path.lstrip("/")
-        if name in self.server.redirects:
-            self.send_response(302)
-            self.send_header("Location", self.server.url(self.server.redirects[name]))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            self.server.count(0)
-            return
-        path = self.server.files.get(name)
-        if path is None:
-            self.send_error(404)
-            self.server.count(0)
-            return
-        size = path.stat().st_size
-        match = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
-        if match and not self.server.ignore_ranges:
-            start, end = int(match.group(1)), min(int(match.group(2)), size - 1)
-            if start >= size:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                self.server.count(0)
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        else:
-            start, end = 0, size - 1
-            self.send_response(200)
-        length = end - start + 1
-        self.send_header("Content-Length", str(length))
-        self.end_headers()
-        sent = 0
-        cut = self.server.cut_after
-        # Counted before the body goes out: a client that has read it all may look at
-        # the counts at once, before this thread would get past its last write.
-        self.server.count(length if cut is None else min(length, cut))
-        with open(path, "rb") as handle:
-            handle.seek(start)
-            while sent < length:
-                chunk = handle.read(min(1 << 20, length - sent))
-                if cut is not None and sent + len(chunk) > cut:
-                    chunk = chunk[: max(0, cut - sent)]
-                    self.wfile.write(chunk)
-                    sent += len(chunk)
-                    break
-                try:
-                    self.wfile.write(chunk)
-                except (BrokenPipeError, ConnectionResetError):
-                    break
-                sent += len(chunk)
-        if cut is not None:
-            self.close_connection = True
-
-
-@pytest.fixture
-def http_server():
-    server = CountingServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    stopper = threading.Timer(SERVER_LIFETIME, server.shutdown)
-    stopper.daemon = True
-    stopper.start()
-    try:
-        yield server
-    finally:
-        stopper.cancel()
-        server.shutdown()
-        server.server_close()
-
 
 @pytest.fixture(autouse=True)
 def _fresh_counts(monkeypatch):
@@ -157,6 +38,7 @@ def _fresh_counts(monkeypatch):
     yield
 
 
+MB = 1024 * 1024
 ARCHIVE = FIXTURES / "k3_functional.keras"
 WEIGHTS = FIXTURES / "k3.weights.h5"
 SHARDED = FIXTURES / "k3_sharded.weights.json"

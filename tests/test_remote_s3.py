@@ -2,54 +2,26 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 from conftest import FIXTURES
+from remote_servers import s3_store
 
 import embcli
 from embcli.cli import cli
 from embcli.remote import LIMITS, reset_transfer_stats, transfer_stats
 
-moto_server = pytest.importorskip("moto.server", reason="needs moto[server] (the test extra)")
+pytest.importorskip("moto.server", reason="needs moto[server] (the test extra)")
 s3fs = pytest.importorskip("s3fs", reason="needs s3fs (the remote extra)")
 
 BUCKET = "models"
 FILES = ("k3_functional.keras", "k3.weights.h5", "tfk_full.h5")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        yield endpoint
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def bucket(s3_endpoint, monkeypatch):
-    for name, value in {
-        "AWS_ENDPOINT_URL": s3_endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    store = s3_store(s3_endpoint, monkeypatch)
     monkeypatch.setattr(LIMITS, "request_seconds", 15.0)
-    s3fs.S3FileSystem.clear_instance_cache()
-    store = s3fs.S3FileSystem(skip_instance_cache=True)
     if not store.exists(BUCKET):
         store.mkdir(BUCKET)
         for name in FILES:

@@ -37,13 +37,7 @@ from embcli.formats.naming import (
     groups_from_config,
 )
 from embcli.formats.registry import ArtifactKind, Probe
-from embcli.formats.side_files import (
-    TOKENIZER_CONFIG_FILE,
-    LazyFiles,
-    folder_tokenizer_files,
-    is_plain_file,
-    read_small,
-)
+from embcli.formats.side_files import TOKENIZER_CONFIG_FILE, LazyFiles, folder_tokenizer_files
 from embcli.guarded import (
     ZIP_EMPTY_SIGNATURE,
     ZIP_ERRORS,
@@ -53,7 +47,6 @@ from embcli.guarded import (
     FileWindow,
     check_archive,
     check_directory_size,
-    check_folder,
     dataset_bytes,
     file_identity,
     member_data_offset,
@@ -61,10 +54,12 @@ from embcli.guarded import (
     read_attr_text,
     read_member,
 )
+from embcli.locations import Location, folder_beside, json_limit, location_of
 from embcli.remote import RemoteObject, remote_object_of
 from embcli.tokenizer_assets import ARCHIVE, PRESET, TokenizerFiles
 
 CONFIG_FILENAME = "config.json"
+METADATA_FILENAME = "metadata.json"
 WEIGHTS_FILENAME = "model.weights.h5"
 NPZ_WEIGHTS_FILENAME = "model.weights.npz"
 ASSETS_DIRNAME = "assets"
@@ -102,6 +97,7 @@ class Keras3File(Keras3Tables, Keras3Writing, ModelFile):
         self._sources: dict[str, H5Source] = {}
         self._location: dict[str, str] = {}
         self._prefixes: dict[str, str] = {}
+        self._folder_beside: tuple[Location, str] | None = None
         try:
             getattr(self, f"_open_{kind}")()
             self._owners = self._find_owners()
@@ -175,34 +171,40 @@ class Keras3File(Keras3Tables, Keras3Writing, ModelFile):
         return spill
 
     def _open_folder(self) -> None:
-        check_folder(self.path)
-        config_path = self.path / CONFIG_FILENAME
-        if config_path.is_file():
-            self._config = self._parse_config(read_small(config_path))
-        weights = self.path / WEIGHTS_FILENAME
-        if weights.is_symlink() or not weights.is_file():
+        folder = location_of(self.path)
+        folder.check()
+        if folder.is_file(CONFIG_FILENAME):
+            self._config = self._parse_config(folder.read(CONFIG_FILENAME, json_limit()))
+        if not folder.is_file(WEIGHTS_FILENAME):
             raise MalformedFile(f"{self.path}: the folder has no {WEIGHTS_FILENAME}")
-        self._sources[""] = H5Source(weights)
+        self._sources[""] = folder.h5_source(WEIGHTS_FILENAME)
 
     def _open_weights(self) -> None:
         self._sources[""] = H5Source(self.path)
 
     def _open_sharded(self) -> None:
-        self._open_shards(self.path)
+        self._open_shards(*self._beside())
 
-    def _open_shards(self, index_path: Path) -> None:
-        index = parse_json(read_small(index_path), str(index_path))
+    def _beside(self) -> tuple[Location, str]:
+        """The folder this file sits in (kept, so that a remote one is asked once)."""
+        if self._folder_beside is None:
+            self._folder_beside = folder_beside(self.path)
+        return self._folder_beside
+
+    def _open_shards(self, folder: Location, index_name: str) -> None:
+        """The shard index `index_name` in `folder`, and the shards it names beside it."""
+        shown = folder.shown(index_name)
+        index = parse_json(folder.read(index_name, json_limit()), shown)
         weight_map = index.get(SHARD_MAP_KEY) if isinstance(index, dict) else None
         if not isinstance(weight_map, dict):
-            raise MalformedFile(f"{index_path}: no {SHARD_MAP_KEY} in the shard index")
+            raise MalformedFile(f"{shown}: no {SHARD_MAP_KEY} in the shard index")
         self._shard_map = index
         for shard in shard_names(weight_map):
-            shard_path = index_path.parent / shard
-            if shard_path.is_symlink():
-                raise UnsafeFile(f"{index_path}: shard {shard} is a symbolic link")
-            if not shard_path.is_file():
-                raise MalformedFile(f"{index_path}: shard {shard} is missing")
-            self._sources[shard] = H5Source(shard_path)
+            if folder.is_link(shard):
+                raise UnsafeFile(f"{shown}: shard {shard} is a symbolic link")
+            if not folder.is_file(shard):
+                raise MalformedFile(f"{shown}: shard {shard} is missing")
+            self._sources[shard] = folder.h5_source(shard)
 
     def _parse_config(self, text: bytes) -> dict:
         self._config_indent = _indent_of(text)
@@ -281,9 +283,9 @@ class Keras3File(Keras3Tables, Keras3Writing, ModelFile):
                 return read_member(self._archive, member)
             return None
         if self.kind in FOLDER_KINDS:
-            path = self.path / ASSETS_DIRNAME / name
-            if path.is_file() and not path.is_symlink():
-                return read_small(path)
+            folder = location_of(self.path)
+            if folder.is_file(member):
+                return folder.read(member)
         return None
 
     def optimizer_slots(self, table: Table) -> list[str]:
@@ -332,28 +334,31 @@ class Keras3File(Keras3Tables, Keras3Writing, ModelFile):
                 names.append(CONFIG_FILENAME)
             files = LazyFiles(names, lambda name: read_member(archive, name))
             return TokenizerFiles(files, ARCHIVE, self._config)
-        if not isinstance(self.path, Path):  # a model at a URL: no preset beside it
-            return None
-        folder = self.path if self.kind in FOLDER_KINDS else None
+        folder = location_of(self.path) if self.kind in FOLDER_KINDS else None
         config = self._config
-        if self.kind in ("weights", "sharded") and is_plain_file(
-            self.path.parent / TOKENIZER_CONFIG_FILE
-        ):
-            folder = self.path.parent
-            config_path = folder / CONFIG_FILENAME
-            if is_plain_file(config_path):
-                config = self._parse_json_file(config_path)
+        if self.kind in ("weights", "sharded"):
+            beside, _ = self._beside()
+            if beside.is_file(TOKENIZER_CONFIG_FILE):
+                folder = beside
+                if beside.is_file(CONFIG_FILENAME):
+                    config = _json_file(beside, CONFIG_FILENAME)
         if folder is None:
             return None
         return TokenizerFiles(
             folder_tokenizer_files(folder),
-            PRESET if is_plain_file(folder / TOKENIZER_CONFIG_FILE) else ARCHIVE,
+            PRESET if folder.is_file(TOKENIZER_CONFIG_FILE) else ARCHIVE,
             config,
         )
 
-    def _parse_json_file(self, path: Path) -> dict | None:
-        document = parse_json(read_small(path), str(path))
-        return document if isinstance(document, dict) else None
+    def known_files(self) -> list[str]:
+        """The files of this model's folder that embcli knows by name, whether or not
+        each is there: what a copy of a folder that cannot be listed is made from."""
+        names = [CONFIG_FILENAME, METADATA_FILENAME]
+        names += [relative.as_posix() for relative in self._folder_files().values()]
+        tokenizer = self.tokenizer_files()
+        if tokenizer is not None:
+            names += list(tokenizer.files)
+        return list(dict.fromkeys(names))
 
     def output_biases(self, table: Table) -> list[str]:
         """The output biases over `table`'s rows: the 1-D weight of each task head that
@@ -400,6 +405,11 @@ def shard_names(weight_map: dict) -> list[str]:
     return names
 
 
+def _json_file(folder: Location, name: str) -> dict | None:
+    document = parse_json(folder.read(name, json_limit()), folder.shown(name))
+    return document if isinstance(document, dict) else None
+
+
 def _indent_of(text: bytes) -> int | None:
     """The indent a JSON text was written with, or None for a single line."""
     match = re.match(rb"\{\r?\n( +)", text)
@@ -412,7 +422,7 @@ def _is_archive(probe: Probe) -> bool:
 
 def _is_folder(probe: Probe) -> bool:
     return probe.is_dir and (
-        (probe.path / WEIGHTS_FILENAME).exists() or probe.has_file(CONFIG_FILENAME)
+        probe.folder.exists(WEIGHTS_FILENAME) or probe.has_file(CONFIG_FILENAME)
     )
 
 

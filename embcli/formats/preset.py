@@ -18,11 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from embcli.errors import MalformedFile, UnsafeFile, UnsupportedEdit
-from embcli.formats.base import Edit, H5Source, WritePlan
+from embcli.formats.base import Edit, WritePlan
 from embcli.formats.keras3 import Keras3File, shard_names
 from embcli.formats.registry import ArtifactKind, Probe
-from embcli.formats.side_files import is_plain_file, read_small
-from embcli.guarded import check_folder
+from embcli.locations import Location, json_limit, location_of
 
 CONFIG_FILENAME = "config.json"
 METADATA_FILENAME = "metadata.json"
@@ -50,38 +49,45 @@ class PresetFile(Keras3File):
         super().__init__(path, "preset")
 
     def _open_preset(self) -> None:
-        check_folder(self.path)
-        config_path = self.path / CONFIG_FILENAME
-        if is_plain_file(config_path):
-            self._config = self._parse_config(read_small(config_path))
-        whole = self.path / WEIGHTS_FILENAME
-        sharded = self.path / SHARDED_WEIGHTS_FILENAME
-        if is_plain_file(whole):
-            self._sources[""] = H5Source(whole)
-        elif is_plain_file(sharded):
-            self._open_shards(sharded)
+        folder = location_of(self.path)
+        folder.check()
+        if folder.is_file(CONFIG_FILENAME):
+            self._config = self._parse_config(folder.read(CONFIG_FILENAME, json_limit()))
+        if folder.is_file(WEIGHTS_FILENAME):
+            self._sources[""] = folder.h5_source(WEIGHTS_FILENAME)
+        elif folder.is_file(SHARDED_WEIGHTS_FILENAME):
+            self._open_shards(folder, SHARDED_WEIGHTS_FILENAME)
         else:
             raise MalformedFile(
                 f"{self.path}: the preset has neither {WEIGHTS_FILENAME} "
                 f"nor {SHARDED_WEIGHTS_FILENAME}"
             )
-        task_path = self.path / TASK_CONFIG_FILENAME
-        if is_plain_file(task_path):
-            text = read_small(task_path)
-            self._task_config = _json_object(text, task_path)
+        if folder.is_file(TASK_CONFIG_FILENAME):
+            text = folder.read(TASK_CONFIG_FILENAME, json_limit())
+            self._task_config = _json_object(text, folder.shown(TASK_CONFIG_FILENAME))
             self._task_indent = _indent(text)
         for name in (METADATA_FILENAME, PREPROCESSOR_CONFIG_FILENAME, TOKENIZER_CONFIG_FILENAME):
-            if is_plain_file(self.path / name):
-                _json_object(read_small(self.path / name), self.path / name)
-        task_weights = self.path / TASK_WEIGHTS_FILENAME
-        if task_weights.is_symlink():
-            raise UnsafeFile(f"{task_weights}: symbolic links in a model folder are refused")
-        if task_weights.is_file():
-            self._sources[TASK_WEIGHTS_FILENAME] = H5Source(task_weights)
+            if folder.is_file(name):
+                _json_object(folder.read(name, json_limit()), folder.shown(name))
+        if folder.is_link(TASK_WEIGHTS_FILENAME):
+            raise UnsafeFile(
+                f"{folder.shown(TASK_WEIGHTS_FILENAME)}: symbolic links in a model folder "
+                "are refused"
+            )
+        if folder.is_file(TASK_WEIGHTS_FILENAME):
+            self._sources[TASK_WEIGHTS_FILENAME] = folder.h5_source(TASK_WEIGHTS_FILENAME)
             self._prefixes[TASK_WEIGHTS_FILENAME] = TASK_PREFIX
 
     def _folder_files(self) -> dict[str, Path]:
         return {key: Path(WEIGHTS_FILENAME if key == "" else key) for key in self._sources}
+
+    def known_files(self) -> list[str]:
+        """As for any Keras folder, and the preset's task, preprocessor and tokenizer
+        configs and its shard index."""
+        names = [TASK_CONFIG_FILENAME, PREPROCESSOR_CONFIG_FILENAME, TOKENIZER_CONFIG_FILENAME]
+        if self._shard_map is not None:
+            names.append(SHARDED_WEIGHTS_FILENAME)
+        return list(dict.fromkeys([*super().known_files(), *names]))
 
     def _qualified(self, group: str) -> str:
         """Backbone layers are named through the backbone when a task holds it, as
@@ -156,7 +162,7 @@ def _indent(text: bytes) -> int | None:
     return len(line) - len(line.lstrip(b" ")) or None
 
 
-def _json_object(text: bytes, path: Path) -> dict:
+def _json_object(text: bytes, path: str) -> dict:
     try:
         document = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -166,12 +172,12 @@ def _json_object(text: bytes, path: Path) -> dict:
     return document
 
 
-def _small_json(path: Path) -> dict | None:
+def _small_json(folder: Location, name: str) -> dict | None:
     """A small JSON object file, or None when it is missing, large or unreadable."""
     try:
-        if not is_plain_file(path) or path.stat().st_size > PROBE_LIMIT:
+        if not folder.is_file(name) or folder.size(name) > PROBE_LIMIT:
             return None
-        document = json.loads(path.read_bytes())
+        document = json.loads(folder.read(name, PROBE_LIMIT))
     except (OSError, ValueError, RecursionError):
         return None
     return document if isinstance(document, dict) else None
@@ -196,10 +202,10 @@ def _is_preset(probe: Probe) -> bool:
         return False
     if probe.has_file(TASK_CONFIG_FILENAME) or probe.has_file(TOKENIZER_CONFIG_FILENAME):
         return True
-    metadata = _small_json(probe.path / METADATA_FILENAME)
+    metadata = _small_json(probe.folder, METADATA_FILENAME)
     if metadata is not None and HUB_VERSION_KEY in metadata:
         return True
-    return _names_keras_hub(_small_json(probe.path / CONFIG_FILENAME))
+    return _names_keras_hub(_small_json(probe.folder, CONFIG_FILENAME))
 
 
 KINDS = [ArtifactKind("keras-hub preset", 25, _is_preset, PresetFile)]

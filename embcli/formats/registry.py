@@ -18,6 +18,7 @@ from pathlib import Path
 from embcli.errors import MalformedFile, UnsupportedFormat
 from embcli.formats.base import ModelFile
 from embcli.guarded import HDF5_SIGNATURE, h5_root_names, sniff
+from embcli.locations import LocalFolder, Location
 
 # Modules that declare `KINDS`, a list of `ArtifactKind`. Imported on first use only.
 FORMAT_MODULES = (
@@ -67,10 +68,19 @@ class Probe:
     def h5_root_names(self) -> set[str]:
         return h5_root_names(self.path)
 
+    @cached_property
+    def folder(self) -> Location:
+        """The folder the path names, where `is_dir`."""
+        return LocalFolder(self.path)
+
     def has_file(self, name: str) -> bool:
         """Whether the folder holds a regular file `name` (a symbolic link does not count)."""
-        candidate = self.path / name
-        return self.is_dir and candidate.is_file() and not candidate.is_symlink()
+        return self.is_dir and self.folder.is_file(name)
+
+    def has_sibling(self, suffix: str) -> bool:
+        """Whether a regular file named as the path with `suffix` added exists beside it
+        (a TensorFlow checkpoint prefix's `.index`)."""
+        return Path(str(self.path) + suffix).is_file()
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from embcli.errors import UnsafeFile
+from embcli.locations import LocalFolder, Location
 
 ASSETS_DIRNAME = "assets"
 TOKENIZER_CONFIG_FILE = "tokenizer.json"
 # The tokenizer's own config, and the preprocessor's and task's that serialize it too.
 TOKENIZER_CONFIGS = (TOKENIZER_CONFIG_FILE, "preprocessor.json", "task.json")
-SMALL_FILE_LIMIT = 256 * 1024 * 1024
+# Where keras-hub's `save_to_preset` puts a tokenizer's vocabulary (the directory is
+# named after the tokenizer's `config_file`, `tokenizer.json` by default).
+PRESET_TOKENIZER_ASSETS = tuple(
+    f"{ASSETS_DIRNAME}/tokenizer/{name}"
+    for name in ("vocabulary.spm", "vocabulary.json", "vocabulary.txt", "merges.txt")
+)
 
 
 class LazyFiles(Mapping[str, bytes]):
@@ -38,28 +43,42 @@ class LazyFiles(Mapping[str, bytes]):
         return len(self._names)
 
 
-def is_plain_file(path: Path) -> bool:
-    return path.is_file() and not path.is_symlink()
+class ProbedFiles(Mapping[str, bytes]):
+    """The side files of a folder that cannot be listed (one at a URL): a name is looked
+    for when it is asked about, and read when it is looked up. Iterating gives the
+    `expected` names that are there."""
+
+    def __init__(self, folder: Location, expected: list[str]) -> None:
+        self._folder = folder
+        self._expected = list(dict.fromkeys(expected))
+        self._cache: dict[str, bytes] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._folder.is_file(name)
+
+    def __getitem__(self, name: str) -> bytes:
+        if name not in self:
+            raise KeyError(name)
+        if name not in self._cache:
+            self._cache[name] = self._folder.read(name)
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([name for name in self._expected if name in self])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
 
 
-def folder_tokenizer_files(folder: Path) -> LazyFiles:
+def folder_tokenizer_files(folder: Location | Path) -> Mapping[str, bytes]:
     """A model folder's tokenizer configs (its own, and the preprocessor's and task's that
-    serialize it too) and assets; symbolic links are left out."""
-    names = [name for name in TOKENIZER_CONFIGS if is_plain_file(folder / name)]
-    assets = folder / ASSETS_DIRNAME
-    if assets.is_dir() and not assets.is_symlink():
-        for item in sorted(assets.rglob("*")):
-            relative = item.relative_to(folder)
-            if is_plain_file(item) and not any(
-                (folder / Path(*relative.parts[:end])).is_symlink()
-                for end in range(1, len(relative.parts))
-            ):
-                names.append(relative.as_posix())
-    return LazyFiles(names, lambda name: read_small(folder / name))
-
-
-def read_small(path: Path, limit: int = SMALL_FILE_LIMIT) -> bytes:
-    """A file's bytes, refused when it is larger than `limit`."""
-    if path.stat().st_size > limit:
-        raise UnsafeFile(f"{path} is larger than {limit} bytes")
-    return path.read_bytes()
+    serialize it too) and assets; symbolic links are left out. A folder that cannot be
+    listed gives keras-hub's own names for the tokenizer's assets, looked for when asked."""
+    if isinstance(folder, Path):
+        folder = LocalFolder(folder)
+    assets = folder.files_under(ASSETS_DIRNAME)
+    if assets is None:
+        return ProbedFiles(folder, [*TOKENIZER_CONFIGS, *PRESET_TOKENIZER_ASSETS])
+    names = [name for name in TOKENIZER_CONFIGS if folder.is_file(name)]
+    at = folder
+    return LazyFiles(names + assets, lambda name: at.read(name))

@@ -24,7 +24,7 @@ def _is_saved_model_file(probe: Probe) -> bool:
 
 def _is_checkpoint_prefix(probe: Probe) -> bool:
     """A prefix names no file itself; its `.index` beside it does."""
-    return not probe.exists and Path(str(probe.path) + INDEX_SUFFIX).is_file()
+    return not probe.exists and probe.has_sibling(INDEX_SUFFIX)
 
 
 def _is_checkpoint(probe: Probe) -> bool:
