@@ -217,6 +217,14 @@ class RemoteFolder(Location):
         remote = self.object(name)
         return H5Source(RemotePath(remote), remote.window(), remote.size)  # type: ignore[arg-type]
 
+    def listed(self) -> list[str] | None:
+        """Every file under the folder where its store can list it (S3, GCS, the Hub), by
+        name; None over HTTP. Names that would leave the folder are refused."""
+        from embcli.remote import list_store_prefix
+
+        names = list_store_prefix(self.url)
+        return None if names is None else [self._member(name) for name in names]
+
     def found(self) -> dict[str, RemoteObject]:
         """The files known to exist so far, by name."""
         return {name: self._objects[name] for name, there in self._found.items() if there}

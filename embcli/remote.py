@@ -288,6 +288,29 @@ class _StoreTransport:
         return size, b""
 
 
+MAX_LISTED_FILES = 10_000
+
+
+def list_store_prefix(url: str) -> list[str] | None:
+    """The names (relative to the prefix, `/`-separated) of every object under a folder
+    URL of an object store, or None for a URL that cannot be listed (HTTP). Refuses a
+    prefix holding more than `MAX_LISTED_FILES` objects."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("http", "https"):
+        return None
+    transport = _StoreTransport(url.rstrip("/"), scheme)
+    fs, prefix = transport._fs, transport._key.rstrip("/")
+    try:
+        fs.invalidate_cache(prefix)
+        found = fs.find(prefix, withdirs=False)
+    except Exception as exc:
+        raise TransferFailed(f"{transport.shown}: cannot list ({_first_line(exc)})") from None
+    if len(found) > MAX_LISTED_FILES:
+        raise TransferFailed(f"{transport.shown}: holds more than {MAX_LISTED_FILES} files")
+    start = len(prefix) + 1
+    return sorted(str(key)[start:] for key in found if str(key).startswith(prefix + "/"))
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

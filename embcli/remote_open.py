@@ -153,19 +153,22 @@ class _RemoteSharded(_EditsFromDownload, Keras3File):
 
 
 class _RemoteFolders(_EditsFromDownload):
-    """A model folder at a URL: the files its kind knows by name (`known_files`) that are
-    there are downloaded for an edit; a folder at a URL cannot be listed, so nothing else
-    is. Files other than weights are bounded as when they are read."""
+    """A model folder at a URL: for an edit, the files its kind knows by name
+    (`known_files`) that are there are downloaded, bounded as when they are read, and,
+    where the store can list the folder (not over HTTP), every other file in it too."""
 
     known_files: Callable[[], list[str]]
 
     def _downloads(self) -> tuple[dict[str, RemoteObject], str]:
         folder: RemoteFolder = self.path.location
-        names = [name for name in self.known_files() if folder.exists(name)]
-        names += [name for name in folder.found() if name not in names]
-        for name in names:
+        known = [name for name in self.known_files() if folder.exists(name)]
+        known += [name for name in folder.found() if name not in known]
+        for name in known:
             if not name.endswith(H5_SUFFIX) and folder.size(name) > SMALL_FILE_LIMIT:
                 raise UnsafeFile(f"{folder.shown(name)} is larger than {SMALL_FILE_LIMIT} bytes")
+        # Where the store can list the folder, every other file is copied too, unread.
+        listed = folder.listed() or []
+        names = known + [name for name in listed if name not in known]
         return {name: folder.object(name) for name in names}, ""
 
 

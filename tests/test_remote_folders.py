@@ -350,3 +350,29 @@ def test_a_remote_weights_file_in_a_preset_finds_the_tokenizer_beside_it(http_se
         result = same_output(runner, [verb, str(local), *rest], [verb, url, *rest])
         assert result.exit_code == 0, result.output
     assert "gpt2/tokenizer.json" in http_server.names_asked()
+
+
+def test_an_s3_folder_edit_copies_every_file_the_store_lists(bucket, runner, tmp_path):
+    """Over HTTP only the files embcli knows by name can be fetched; an object store lists
+    the folder, so the copy keeps the files no kind knows, byte for byte."""
+    import s3fs
+
+    folder = tmp_path / "with_extras"
+    shutil.copytree(K3_FOLDER, folder)
+    (folder / "notes").mkdir()
+    (folder / "notes" / "README.md").write_text("trained on the 2026 crawl\n")
+    (folder / "assets").mkdir(exist_ok=True)
+    (folder / "assets" / "extra.bin").write_bytes(bytes(range(256)) * 3)
+    store = s3fs.S3FileSystem(skip_instance_cache=True)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            store.put_file(str(path), f"{BUCKET}/extras/{path.relative_to(folder).as_posix()}")
+    vectors = tmp_path / "v.npy"
+    np.save(vectors, np.ones((1, 8), dtype=np.float32))
+    base = ["-l", "words", "--from", str(vectors), "--rows", "4", "-o"]
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    assert runner.invoke(cli, ["assign", str(folder), *base, str(local)]).exit_code == 0
+    result = runner.invoke(cli, ["assign", f"{bucket}/extras", *base, str(remote)])
+    assert result.exit_code == 0, result.output
+    assert _tree(remote) == _tree(local)
+    assert (remote / "notes" / "README.md").read_text() == "trained on the 2026 crawl\n"
