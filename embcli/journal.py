@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,6 +46,8 @@ class JournalWriteFailed(EmbcliError):
 
 
 def _name_hash(name: str) -> str:
+    import hashlib  # not at the top: a reader that finds no journal never needs it
+
     return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
@@ -86,6 +86,9 @@ def write_journal(
     Raises:
         JournalWriteFailed: the journal could not be written (a full disk, say).
     """
+    import hashlib
+    import secrets
+
     real = resolved(target)
     final = journal_path(real)
     blob = b"".join(old for _, old, _ in changes) + b"".join(new for _, _, new in changes)
@@ -146,6 +149,8 @@ class _Loaded:
 
 def _parse(fd: int) -> tuple[dict, bytes] | None:
     """A journal's header and saved bytes, or None when it is incomplete or not one."""
+    import hashlib
+
     data = os.pread(fd, os.fstat(fd).st_size, 0)
     if not data.startswith(_MAGIC):
         return None
