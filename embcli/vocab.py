@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -448,12 +449,13 @@ def _layer_vocabulary(model: ModelFile, layer: _Layer) -> Vocabulary | None:
     if rules.integer:
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             return None
-    elif not all(isinstance(v, str) for v in values):
+    elif not all(map(isinstance, values, repeat(str))):
         return None
     specials = rules.specials
     start = len(specials)
     tokens = values[start:] if list(values[:start]) == specials else values
-    return Vocabulary([_text(t) for t in specials + list(tokens)], source, start, layer.name)
+    texts = [str(t) for t in tokens] if rules.integer else list(tokens)  # str: checked above
+    return Vocabulary([_text(t) for t in specials] + texts, source, start, layer.name)
 
 
 def _text(token: Any) -> str:
