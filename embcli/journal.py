@@ -87,7 +87,6 @@ def write_journal(
         JournalWriteFailed: the journal could not be written (a full disk, say).
     """
     import hashlib
-    import secrets
 
     real = resolved(target)
     final = journal_path(real)
@@ -99,7 +98,7 @@ def write_journal(
         "entries": [[offset, len(old)] for offset, old, _ in changes],
         "sha256": hashlib.sha256(blob).hexdigest(),
     }
-    partial = final.with_name(f"{final.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+    partial = final.with_name(f"{final.name}.{os.urandom(4).hex()}{PARTIAL_SUFFIX}")
     fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

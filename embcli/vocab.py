@@ -20,16 +20,17 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from embcli.errors import BadVocabulary, NoVocabulary, UnknownToken
 from embcli.formats.base import ModelFile, Table
 from embcli.formats.naming import LAYERS_CONTAINER, TF_KERAS_LAYERS_CONTAINER, groups_from_config
-from embcli.tokenizer_assets import VocabularyAsset
-from embcli.tokenizer_vocab import model_tokenizer, read_tokenizer_file
-from embcli.tokenizers import TokenizerVocabulary
+
+if TYPE_CHECKING:
+    from embcli.tokenizer_assets import VocabularyAsset
+    from embcli.tokenizers import TokenizerVocabulary
 
 TEXT_VECTORIZATION = "TextVectorization"
 STRING_LOOKUP = "StringLookup"
@@ -146,6 +147,8 @@ def load_vocabulary_file(path: str | Path, column: str | None = None) -> Vocabul
     except IsADirectoryError:
         raise BadVocabulary(f"{path}: is a folder, not a vocabulary file") from None
     if column is None:
+        from embcli.tokenizer_vocab import read_tokenizer_file
+
         tokenizer = read_tokenizer_file(path, data)
         if tokenizer is not None:
             return Vocabulary(tokenizer.tokens, f"file:{path}", tokenizer=tokenizer)
@@ -531,6 +534,10 @@ def find_vocabulary(model: ModelFile, table: Table) -> Vocabulary | None:
 def tokenizer_vocabulary(model: ModelFile, table: Table) -> Vocabulary | None:
     """The vocabulary of a keras-hub model's tokenizer, for the table it indexes (see
     `embcli.tokenizer_vocab.model_tokenizer`)."""
+    if not callable(getattr(model, "tokenizer_files", None)):
+        return None  # no tokenizer files to look at (and their modules stay unimported)
+    from embcli.tokenizer_vocab import model_tokenizer
+
     found = model_tokenizer(model, table)
     if found is None:
         return None
