@@ -13,7 +13,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
 import shutil
 import stat
 from collections.abc import Callable, Iterator, Sequence
@@ -97,7 +96,7 @@ def temporary_folder(parent: Path) -> Iterator[Path]:
     """A fresh temporary folder in `parent`, locked while in use, removed on exit
     whatever happens (unless a commit record still needs it)."""
     remove_stale_temporaries(parent)
-    folder = parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    folder = parent / f"{TEMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"  # as secrets.token_hex
     with terminate_as_interrupt():
         folder.mkdir(mode=0o700)
         fd = os.open(folder, os.O_RDONLY)

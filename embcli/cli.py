@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from embcli import __version__
-from embcli.commands import assign, audit, read, resize, vocab
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -25,8 +24,40 @@ CLI_REMEDIES = {
 }
 
 
+# The module of `embcli.commands` that defines each command. A command's module is
+# imported when that command runs (help and completion import them all), so that a
+# command does not wait for the others' options to be built.
+COMMAND_MODULES = {
+    "layers": "read",
+    "rows": "read",
+    "export": "read",
+    "assign": "assign",
+    "recover": "assign",
+    "resize": "resize",
+    "vocab": "vocab",
+    "remap": "vocab",
+    "stats": "audit",
+    "check": "audit",
+    "diff": "audit",
+    "neighbors": "audit",
+}
+
+
 class EmbcliGroup(click.Group):
-    """Turns library errors into `Error: ...` with exit status 1, never a traceback."""
+    """Turns library errors into `Error: ...` with exit status 1, never a traceback.
+    Commands are loaded from their modules on first use (see `COMMAND_MODULES`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            from importlib import import_module
+
+            for command in import_module(f"embcli.commands.{module}").COMMANDS:
+                self.add_command(command)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context):
         from embcli.errors import EmbcliError
@@ -89,6 +120,8 @@ def _report_transfers() -> None:
         click.echo(summary, err=True)
 
 
-for module in (read, assign, resize, vocab, audit):
-    for command in module.COMMANDS:
-        cli.add_command(command)
+def all_commands() -> dict[str, click.Command]:
+    """Every command of `cli`, by name, its module imported."""
+    context = click.Context(cli)
+    found = {name: cli.get_command(context, name) for name in cli.list_commands(context)}
+    return {name: command for name, command in found.items() if command is not None}

@@ -61,12 +61,14 @@ class RowStatistics:
 
     def add(self, block: np.ndarray) -> None:
         values = np.asarray(block)
-        if values.dtype.kind == "f":
-            finite = np.isfinite(values).all(axis=1)
-            if not finite.all():
-                values = values[finite]
+        total = values.sum(axis=0, dtype=np.float64)
+        # A NaN or an infinity anywhere in a column makes its float64 sum one too (finite
+        # values cannot overflow it), so finite sums mean there is no row to leave out.
+        if values.dtype.kind == "f" and not np.isfinite(total).all():
+            values = values[np.isfinite(values).all(axis=1)]
+            total = values.sum(axis=0, dtype=np.float64)
         self.count += len(values)
-        self.total += values.sum(axis=0, dtype=np.float64)
+        self.total += total
         if self.products is not None:
             wide = values.astype(np.float64)
             self.products += wide.T @ wide

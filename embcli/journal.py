@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,6 +46,8 @@ class JournalWriteFailed(EmbcliError):
 
 
 def _name_hash(name: str) -> str:
+    import hashlib  # not at the top: a reader that finds no journal never needs it
+
     return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
@@ -86,6 +86,8 @@ def write_journal(
     Raises:
         JournalWriteFailed: the journal could not be written (a full disk, say).
     """
+    import hashlib
+
     real = resolved(target)
     final = journal_path(real)
     blob = b"".join(old for _, old, _ in changes) + b"".join(new for _, _, new in changes)
@@ -96,7 +98,7 @@ def write_journal(
         "entries": [[offset, len(old)] for offset, old, _ in changes],
         "sha256": hashlib.sha256(blob).hexdigest(),
     }
-    partial = final.with_name(f"{final.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+    partial = final.with_name(f"{final.name}.{os.urandom(4).hex()}{PARTIAL_SUFFIX}")
     fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -146,6 +148,8 @@ class _Loaded:
 
 def _parse(fd: int) -> tuple[dict, bytes] | None:
     """A journal's header and saved bytes, or None when it is incomplete or not one."""
+    import hashlib
+
     data = os.pread(fd, os.fstat(fd).st_size, 0)
     if not data.startswith(_MAGIC):
         return None

@@ -8,6 +8,7 @@ them out: the mask token first (when the layer has one and returns integer ids),
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 from embcli.config_graph import INTEGER_LOOKUP, STRING_LOOKUP, TEXT_VECTORIZATION, ConfigLayer
@@ -81,12 +82,13 @@ def layer_vocabulary(model: ModelFile, layer: ConfigLayer) -> Vocabulary | None:
     if rules.integer:
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             return None
-    elif not all(isinstance(v, str) for v in values):
+    elif not all(map(isinstance, values, repeat(str))):
         return None
     specials = rules.specials
     start = len(specials)
     tokens = values[start:] if list(values[:start]) == specials else values
-    return Vocabulary([_text(t) for t in specials + list(tokens)], source, start, layer.name)
+    texts = [str(t) for t in tokens] if rules.integer else list(tokens)  # str: checked above
+    return Vocabulary([_text(t) for t in specials] + texts, source, start, layer.name)
 
 
 def _text(token: Any) -> str:

@@ -106,6 +106,8 @@ def aligned(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 def display_width(text: str) -> int:
     """Columns a string takes in a terminal: wide East Asian characters take two,
     combining marks and format characters none."""
+    if text.isascii():  # what the loop below counts for every ASCII character: one each
+        return len(text)
     width = 0
     for char in text:
         if unicodedata.combining(char) or unicodedata.category(char) in ("Me", "Cf"):

@@ -9,7 +9,6 @@ the same way, and the model's vocabulary and sizes become the new ones.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from embcli.api import Notify, PathLike, _as_model, _as_path, _optional_path
 from embcli.edit import check_reshapable_copy, verify_file
 from embcli.errors import BadArgument, BadVocabulary, UnsupportedEdit
 from embcli.formats.base import Edit, FilePlan, ModelFile, Table
+from embcli.guarded.parsing import copy_json
 from embcli.init import parse_init
 from embcli.model import find_table, open_model, refuse_stacked
 from embcli.resize_config import size_changes
@@ -124,7 +124,7 @@ def remap(
         )
         tokens = _new_tokens(to, vocabulary)
         rows = _row_map(vocabulary, table, tokens)
-        added = [t for t, source in zip(tokens, rows.sources, strict=True) if source == NEW_ROW]
+        added = [tokens[i] for i in np.flatnonzero(rows.sources == NEW_ROW).tolist()]
         explicit = _token_vectors(by_token, vector_format, added, table, say)
         planner = TablePlan(artifact, table, method, np.random.default_rng(seed), allow_lossy)
         edit, _ = planner.edit(rows, explicit, head)
@@ -186,7 +186,7 @@ def rename_tokens(
                 changed.append((row, old, new))
         edit = Edit()
         config = artifact.config()
-        edit.config = copy.deepcopy(config) if config is not None else None
+        edit.config = copy_json(config) if config is not None else None
         asset = _asset(artifact, vocabulary)
         change = replace_vocabulary(vocabulary, tokens, edit.config, asset)
         edit.assets.update(change.assets)
@@ -218,11 +218,12 @@ def _new_tokens(to: Any, vocabulary: Vocabulary) -> list[str]:
     specials = vocabulary.tokens[: vocabulary.specials]
     if specials and tokens[: len(specials)] != specials and not set(specials) & set(tokens):
         tokens = specials + tokens
-    seen: set[str] = set()
-    for position, token in enumerate(tokens):
-        if token in seen and position >= len(specials):
-            raise BadVocabulary(f"the new vocabulary lists {token!r} twice")
-        seen.add(token)
+    if len(set(tokens)) != len(tokens):
+        seen: set[str] = set()
+        for position, token in enumerate(tokens):
+            if token in seen and position >= len(specials):
+                raise BadVocabulary(f"the new vocabulary lists {token!r} twice")
+            seen.add(token)
     if not tokens:
         raise BadVocabulary("the new vocabulary holds no tokens")
     return tokens
@@ -237,18 +238,18 @@ def _row_map(vocabulary: Vocabulary, table: Table, tokens: list[str]) -> RowMap:
             f"{table.name} has only {table.rows} rows"
         )
     specials = vocabulary.tokens[: vocabulary.specials]
-    first_row: dict[str, int] = {}
-    for row in range(len(vocabulary) - 1, len(specials) - 1, -1):
-        first_row[vocabulary.tokens[row]] = row
+    # Each token's first row after the special rows: built from the last row back, so
+    # that a repeated token ends up with its first row.
+    count, start = len(vocabulary), len(specials)
+    rows_back = range(count - 1, start - 1, -1)
+    first_row = dict(zip(reversed(vocabulary.tokens[start:count]), rows_back, strict=True))
     for row in range(len(specials) - 1, -1, -1):
         first_row.setdefault(specials[row], row)
-    sources = np.full(len(tokens), NEW_ROW, dtype=np.int64)
-    for position, token in enumerate(tokens):
-        if position < len(specials) and token == specials[position]:
-            sources[position] = position
-        elif token in first_row:
-            sources[position] = first_row[token]
-    return RowMap(sources)
+    found = [first_row.get(token, NEW_ROW) for token in tokens]
+    for position, token in enumerate(tokens[: len(specials)]):
+        if token == specials[position]:
+            found[position] = position
+    return RowMap(np.asarray(found, dtype=np.int64))
 
 
 def _token_vectors(
@@ -289,7 +290,7 @@ def _vocabulary_edit(
     config = artifact.config()
     changes: list[dict] = []
     if config is not None:
-        edit.config = copy.deepcopy(config)
+        edit.config = copy_json(config)
         if rows.rows != table.rows:
             changes = size_changes(artifact, table, edit.config, rows.rows, head)
     change = replace_vocabulary(vocabulary, tokens, edit.config, _asset(artifact, vocabulary))

@@ -14,6 +14,7 @@ from typing import Any
 
 from embcli.errors import UnsupportedEdit
 from embcli.formats.base import ModelFile, Table
+from embcli.guarded.parsing import holds_containers
 
 SIZE_KEY_BY_CLASS = {"PositionEmbedding": "sequence_length"}
 LAYER_SIZE_KEYS = ("input_dim", "vocabulary_size")
@@ -122,7 +123,7 @@ def _dicts(value: Any):
         if isinstance(item, dict):
             yield item
             stack.extend(item.values())
-        elif isinstance(item, list):
+        elif isinstance(item, list) and holds_containers(item):
             stack.extend(item)
 
 
@@ -141,6 +142,6 @@ def _path_of(root: Any, target: dict) -> str:
             return path
         if isinstance(item, dict):
             stack.extend((f"{path}/{k}", v) for k, v in item.items())
-        elif isinstance(item, list):
+        elif isinstance(item, list) and holds_containers(item):
             stack.extend((f"{path}/{i}", v) for i, v in enumerate(item))
     return ""

@@ -10,7 +10,6 @@ rows zero), the layer's size in the config (`input_dim`, a keras-hub backbone's
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from embcli.api import Notify, PathLike, _as_model, _as_path, _optional_path, _v
 from embcli.edit import check_reshapable_copy, verify_file
 from embcli.errors import BadArgument, BadVectors, UnsupportedEdit
 from embcli.formats.base import FilePlan, ModelFile, Table
+from embcli.guarded.parsing import copy_json
 from embcli.init import parse_init
 from embcli.model import find_table, open_model, refuse_stacked
 from embcli.resize_config import size_changes
@@ -143,7 +143,7 @@ def resize(
         config_changes: list[dict] = []
         config = artifact.config()
         if config is not None:
-            edit.config = copy.deepcopy(config)
+            edit.config = copy_json(config)
             config_changes = size_changes(artifact, table, edit.config, new_count, head)
         dropped = 0
         vocabulary_file = None

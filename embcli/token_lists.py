@@ -62,4 +62,7 @@ def read_token_list(path: str | Path) -> list[str]:
         text = text[:-1]
     if not text:
         raise BadVocabulary(f"{path}: holds no tokens")
-    return [decode_line(line.removesuffix("\r")) for line in text.split("\n")]
+    lines = text.split("\n")
+    if "\r" in text:
+        lines = [line.removesuffix("\r") for line in lines]
+    return [decode_line(line) if line.startswith('"') else line for line in lines]

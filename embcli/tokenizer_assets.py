@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from embcli.errors import BadVocabulary, NoVocabulary
+from embcli.guarded.parsing import holds_containers
 from embcli.tokenizers import (
     BYTE_PAIR,
     HF_MODEL_KEY,
@@ -212,7 +213,8 @@ def backbone_vocabulary_size(config: Any) -> int | None:
     while stack:
         node = stack.pop()
         if isinstance(node, list):
-            stack.extend(node)
+            if holds_containers(node):
+                stack.extend(node)
         elif isinstance(node, dict):
             stack.extend(node.values())
             inner = node.get("config")
@@ -284,7 +286,7 @@ def _tokenizer_classes(config: bytes) -> list[str]:
             ):
                 classes.append(name)
             stack.extend(node.values())
-        elif isinstance(node, list):
+        elif isinstance(node, list) and holds_containers(node):
             stack.extend(node)
     return classes
 

@@ -16,7 +16,6 @@ from embcli.config_graph import ConfigLayer, graph_of
 from embcli.errors import NoVocabulary
 from embcli.formats.base import ModelFile, Table
 from embcli.lookup_vocab import layer_vocabulary, lookup_rules
-from embcli.tokenizer_vocab import model_tokenizer
 from embcli.vocab_files import load_vocabulary_file
 from embcli.vocabulary import TOKENIZER_SOURCE, Vocabulary, token_rows
 
@@ -70,6 +69,10 @@ def find_vocabulary(model: ModelFile, table: Table) -> Vocabulary | None:
 def tokenizer_vocabulary(model: ModelFile, table: Table) -> Vocabulary | None:
     """The vocabulary of a keras-hub model's tokenizer, for the table it indexes (see
     `embcli.tokenizer_vocab.model_tokenizer`)."""
+    if not callable(getattr(model, "tokenizer_files", None)):
+        return None  # no tokenizer files to look at (and their modules stay unimported)
+    from embcli.tokenizer_vocab import model_tokenizer
+
     found = model_tokenizer(model, table)
     if found is None:
         return None

@@ -14,6 +14,7 @@ from typing import Any
 
 from embcli.config_graph import INTEGER_LOOKUP, LOOKUP_CLASSES
 from embcli.errors import BadVocabulary, UnsupportedEdit
+from embcli.guarded.parsing import holds_containers
 from embcli.token_lists import token_list_text
 from embcli.vocabulary import Vocabulary
 
@@ -124,6 +125,9 @@ def _values(added: list[str], entry: dict) -> list:
         raise BadVocabulary("an IntegerLookup vocabulary takes only integers") from None
 
 
+_NESTED = (dict, list)  # what a layer can be inside; a vocabulary's strings are not walked
+
+
 def _lookup_layer(config: Any, name: str | None) -> tuple[str, dict] | None:
     """The lookup layer named `name` anywhere in a config, with its path."""
     if name is None:
@@ -140,9 +144,9 @@ def _lookup_layer(config: Any, name: str | None) -> tuple[str, dict] | None:
                 and inner.get("name") == name
             ):
                 found.append((path, value))
-            stack.extend((f"{path}/{k}", v) for k, v in value.items())
-        elif isinstance(value, list):
-            stack.extend((f"{path}/{i}", v) for i, v in enumerate(value))
+            stack.extend((f"{path}/{k}", v) for k, v in value.items() if isinstance(v, _NESTED))
+        elif isinstance(value, list) and holds_containers(value):
+            stack.extend((f"{path}/{i}", v) for i, v in enumerate(value) if isinstance(v, _NESTED))
     return found[0] if len(found) == 1 else None
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from embcli.errors import BadVocabulary
-from embcli.tokenizer_vocab import read_tokenizer_file
 from embcli.vocabulary import Vocabulary
 
 MAX_VOCABULARY_FILE = 1 << 31
@@ -31,6 +30,8 @@ def load_vocabulary_file(path: str | Path, column: str | None = None) -> Vocabul
     except IsADirectoryError:
         raise BadVocabulary(f"{path}: is a folder, not a vocabulary file") from None
     if column is None:
+        from embcli.tokenizer_vocab import read_tokenizer_file
+
         tokenizer = read_tokenizer_file(path, data)
         if tokenizer is not None:
             return Vocabulary(tokenizer.tokens, f"file:{path}", tokenizer=tokenizer)

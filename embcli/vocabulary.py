@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from embcli.errors import UnknownToken
 from embcli.formats.base import Table
-from embcli.tokenizer_assets import VocabularyAsset
-from embcli.tokenizers import TokenizerVocabulary
+
+if TYPE_CHECKING:
+    from embcli.tokenizer_assets import VocabularyAsset
+    from embcli.tokenizers import TokenizerVocabulary
 
 TOKENIZER_SOURCE = "tokenizer:"
 

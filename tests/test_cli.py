@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES
 
-from embcli.cli import cli
+from embcli.cli import COMMAND_MODULES, all_commands, cli
 
 FUNCTIONAL = str(FIXTURES / "k3_functional.keras")
 
@@ -194,7 +194,17 @@ def test_version(runner):
 
 
 def test_every_command_has_help_and_an_example(runner):
-    for name, command in cli.commands.items():
+    for name, command in all_commands().items():
         assert command.help and "Example:" in command.help, name
         result = runner.invoke(cli, [name, "-h"])
         assert result.exit_code == 0 and "Example:" in result.output, name
+
+
+def test_every_command_module_is_named_in_the_lazy_map():
+    from importlib import import_module
+
+    defined = {}
+    for module in set(COMMAND_MODULES.values()):
+        for command in import_module(f"embcli.commands.{module}").COMMANDS:
+            defined[command.name] = module
+    assert defined == COMMAND_MODULES

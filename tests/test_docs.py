@@ -3,9 +3,9 @@
 import pytest
 from conftest import ROOT
 
-from embcli.cli import cli
+from embcli.cli import all_commands, cli
 
-COMMANDS = sorted(cli.commands)
+COMMANDS = sorted(all_commands())
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -14,7 +14,7 @@ def test_every_command_has_help_with_an_example(runner, name):
     assert result.exit_code == 0
     assert "Example:" in result.output
     assert f"embcli {name}" in result.output.split("Example:", 1)[1]
-    for option in cli.commands[name].params:
+    for option in all_commands()[name].params:
         if option.param_type_name == "option":
             assert option.help, f"{name} {option.opts} has no help"
 

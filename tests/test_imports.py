@@ -108,3 +108,27 @@ def test_listing_a_bfloat16_table_does_not_import_ml_dtypes(tmp_path):
     modules = imported_by(["layers", str(FIXTURES / "k3_dtypes.keras")], tmp_path)
 
     assert loaded(modules, "ml_dtypes") == []
+
+
+# What a read of a float32 table leaves to the commands and files that need it.
+DEFERRED = ("hashlib", "secrets", "tempfile", "embcli.formats.h5rewrite")
+TOKENIZER_MODULES = (
+    "embcli.tokenizers",
+    "embcli.tokenizer_assets",
+    "embcli.tokenizer_vocab",
+    "embcli.sentencepiece_model",
+)
+
+
+@pytest.mark.parametrize("command", ["layers", "rows", "export"])
+@pytest.mark.parametrize(("fixture", "table"), FLOAT32_MODELS)
+def test_reading_commands_defer_what_they_do_not_use(command, fixture, table, tmp_path):
+    modules = imported_by(command_args(command, FIXTURES / fixture, table, tmp_path), tmp_path)
+
+    for name in DEFERRED:
+        assert loaded(modules, name) == [], f"{command} {fixture} imported {name}"
+    commands = {m for m in modules if m.startswith("embcli.commands.")}
+    assert commands <= {"embcli.commands.read", "embcli.commands.options"}, commands
+    if fixture == "tfk_full.h5":  # a legacy file has no tokenizer to look for
+        for name in TOKENIZER_MODULES:
+            assert loaded(modules, name) == [], f"{command} {fixture} imported {name}"

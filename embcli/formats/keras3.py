@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import zipfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,7 +55,9 @@ from embcli.guarded import (
 )
 from embcli.locations import Location, folder_beside, json_limit, location_of
 from embcli.remote import RemoteObject, remote_object_of
-from embcli.tokenizer_assets import ARCHIVE, PRESET, TokenizerFiles
+
+if TYPE_CHECKING:
+    from embcli.tokenizer_assets import TokenizerFiles
 
 CONFIG_FILENAME = "config.json"
 METADATA_FILENAME = "metadata.json"
@@ -155,6 +156,8 @@ class Keras3File(Keras3Tables, Keras3Writing, ModelFile):
     def _unzip_to_temporary(self, info: zipfile.ZipInfo):
         if info.file_size > MAX_UNZIPPED_WEIGHTS:
             raise UnsafeFile(f"{self.path}: {info.filename} declares {info.file_size} bytes")
+        import tempfile
+
         spill = tempfile.TemporaryFile(prefix="embcli-")  # noqa: SIM115
         written = 0
         try:
@@ -327,6 +330,8 @@ class Keras3File(Keras3Tables, Keras3Writing, ModelFile):
         """Where this model's tokenizer vocabulary may be: a `.keras` archive's (or an
         unzipped model folder's) assets, or, for a `.weights.h5` or a shard index inside
         a keras-hub preset folder, that preset's files. Files are read only when looked up."""
+        from embcli.tokenizer_assets import ARCHIVE, PRESET, TokenizerFiles
+
         if self._archive is not None:
             archive = self._archive
             names = [n for n in archive.namelist() if n.startswith(f"{ASSETS_DIRNAME}/")]

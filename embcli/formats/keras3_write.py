@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,6 @@ from embcli.formats.base import (
     WritePlan,
     ZipMemberChecksums,
 )
-from embcli.formats.h5rewrite import rewrite_h5
 
 if TYPE_CHECKING:
     from embcli.formats.keras3_tables import _Owner
@@ -135,6 +133,8 @@ class Keras3Writing:
         source = self._sources[key]
 
         def write(target: Path) -> None:
+            from embcli.formats.h5rewrite import rewrite_h5
+
             rewrite_h5(source.handle, target, weights)
 
         return write
@@ -157,6 +157,8 @@ class Keras3Writing:
         source = self._sources[""]
 
         def write(target: Path) -> None:
+            from embcli.formats.h5rewrite import rewrite_h5
+
             weights_file = target.with_name(target.name + ".weights")
             if weights:
                 rewrite_h5(source.handle, weights_file, weights)
@@ -282,6 +284,8 @@ class Keras3Writing:
         """Write a copy of a compressed archive, re-compressing only the weights member."""
 
         def write(target: Path) -> None:
+            import tempfile
+
             spill = self._spill
             with zipfile.ZipFile(target, "w") as out:
                 for info in self._zip.infolist():

@@ -23,7 +23,6 @@ optimizer, placement) and, for a SparseCore layer, its `table_stacking`.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +140,8 @@ def stack_name(tables: list[str]) -> str:
     name = "_".join(tables)
     if len(name) <= _STACK_NAME_LENGTH:
         return name
+    import hashlib
+
     digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:_STACK_HASH_LENGTH]
     return name[:_STACK_NAME_LENGTH] + "..." + digest
 

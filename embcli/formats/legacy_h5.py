@@ -27,7 +27,6 @@ from embcli.formats.base import (
     numpy_dtype,
     slots_by_shape,
 )
-from embcli.formats.h5rewrite import rewrite_h5
 from embcli.formats.naming import walk_config_layers
 from embcli.formats.registry import ArtifactKind, Probe
 from embcli.guarded import ByteRange, dataset_bytes, parse_json, read_attr_list, read_attr_text
@@ -213,6 +212,8 @@ class LegacyH5File(ModelFile):
         source = self._source
 
         def write(target: Path) -> None:
+            from embcli.formats.h5rewrite import rewrite_h5
+
             rewrite_h5(source.handle, target, edit.weights, attributes)
 
         plan = FilePlan(output, self.path, checks=edit.checks, rebuild=write)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from embcli.formats.base import snake_to_class
+from embcli.guarded.parsing import holds_containers
 
 LAYERS_CONTAINER = "layers"
 TF_KERAS_LAYERS_CONTAINER = "_layer_checkpoint_dependencies"
@@ -165,11 +166,12 @@ def serialized_layers(config: Any, listed: set[int]) -> dict[str, tuple[str, dic
     while stack:
         item = stack.pop()
         if isinstance(item, list):
-            stack.extend(item)
+            if holds_containers(item):
+                stack.extend(value for value in item if isinstance(value, (list, dict)))
             continue
         if not isinstance(item, dict):
             continue
-        stack.extend(item.values())
+        stack.extend(value for value in item.values() if isinstance(value, (list, dict)))
         inner = item.get("config")
         class_name = item.get("class_name")
         if not (isinstance(inner, dict) and isinstance(class_name, str)):

@@ -32,3 +32,31 @@ def parse_json(text: bytes | str, what: str) -> Any:
         return json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise MalformedFile(f"{what} is not valid JSON ({exc})") from None
+
+
+def copy_json(value: Any) -> Any:
+    """A copy of parsed JSON that an edit may change: every object and array copied,
+    strings and numbers shared (they cannot change), as `copy.deepcopy` copies it but
+    without its bookkeeping for each of a vocabulary's million strings. Anything that
+    is not plain JSON data is deep-copied."""
+    kind = type(value)
+    if kind is dict:
+        return {key: copy_json(item) for key, item in value.items()}
+    if kind is list:
+        if set(map(type, value)) <= _SCALARS:
+            return list(value)
+        return [item if type(item) in _SCALARS else copy_json(item) for item in value]
+    if kind in _SCALARS:
+        return value
+    import copy
+
+    return copy.deepcopy(value)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def holds_containers(values: list) -> bool:
+    """Whether a JSON array holds an object or an array: told by its items' types at C
+    speed, so that a walk of a config steps over a vocabulary's million strings."""
+    return any(issubclass(kind, (dict, list)) for kind in set(map(type, values)))
