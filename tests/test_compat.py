@@ -277,3 +277,50 @@ def test_a_resized_copy_loads_in_current_keras(runner, expected, env, name, tmp_
     np.testing.assert_allclose(
         got[:rows], want, rtol=0, atol=0.05 if entry["tables"][0]["quantized"] else 0
     )
+
+
+def test_a_resized_old_preset_keeps_the_task_files_backbone_copy_in_shape(runner, tmp_path):
+    """keras-hub 0.20's `task.weights.h5` holds a copy of the backbone, never read but
+    loaded by shape: it is hidden from `layers`, and it grows with the table, or that
+    release could not load the task (checked by hand in Keras 3.8 + keras-hub 0.20)."""
+    import h5py
+
+    source = COMPAT / "k38" / "bert"
+    names = [t["name"] for t in listed(runner, source)]
+    assert sorted(names) == ["position_embedding", "segment_embedding", "token_embedding"]
+    out = tmp_path / "resized"
+    args = ["resize", str(source), "-l", "token_embedding", "--add", "2", "-o", str(out)]
+    result = runner.invoke(cli, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    copy = "layers/bert_backbone/layers/reversible_embedding/vars/0"
+    assert f"task/{copy}" in json.loads(result.output)["resized"]
+    with (
+        h5py.File(out / "model.weights.h5") as backbone,
+        h5py.File(out / "task.weights.h5") as task,
+    ):
+        table = backbone["layers/reversible_embedding/vars/0"][()]
+        assert table.shape == (166, 8)
+        np.testing.assert_array_equal(task[copy][()], table)
+
+
+@pytest.mark.keras
+def test_a_resized_old_preset_task_loads_in_current_keras_hub(runner, tmp_path):
+    out = tmp_path / "resized"
+    args = ["resize", str(COMPAT / "k38" / "bert"), "-l", "token_embedding"]
+    result = runner.invoke(
+        cli, [*args, "--add-token", "zzqx", "--add-token", "qqzx", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    script = (
+        "import sys, numpy as np, keras_hub\n"
+        "task = keras_hub.models.BertMaskedLM.from_preset(sys.argv[1])\n"
+        "table = task.backbone.get_layer('token_embedding').embeddings\n"
+        "task.predict(['a b c'], verbose=0)\n"
+        "print(table.shape[0], task.preprocessor.tokenizer.vocabulary_size())\n"
+    )
+    env_vars = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(out)], capture_output=True, text=True, env=env_vars
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["166", "166"]

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from embcli.errors import MalformedFile, UnsafeFile, UnsupportedEdit
-from embcli.formats.base import Edit, H5Source, WritePlan
+from embcli.formats.base import Edit, H5Source, Table, WritePlan
 from embcli.formats.keras3 import Keras3File, shard_names
 from embcli.formats.registry import ArtifactKind, Probe
 from embcli.formats.side_files import is_plain_file, read_small
@@ -109,6 +109,15 @@ class PresetFile(Keras3File):
                 by_group.setdefault(parts[1], set()).add(parts[2])
         copies = [group for group, paths in by_group.items() if backbone and paths == backbone]
         return f"{TASK_PREFIX}{LAYERS_GROUP}/{copies[0]}" if len(copies) == 1 else None
+
+    def mirrored_weights(self, table: Table) -> list[str]:
+        """The task file's copy of a backbone table (see `_find_owners`): the keras-hub
+        release that wrote it fails to load the task when the copy's shape is stale."""
+        copy = self._task_backbone_copy()
+        if copy is None or table.weight.startswith(TASK_PREFIX):
+            return []
+        mirror = f"{copy}/{table.weight.strip('/')}"
+        return [mirror] if mirror in self._location else []
 
     def _folder_files(self) -> dict[str, Path]:
         return {key: Path(WEIGHTS_FILENAME if key == "" else key) for key in self._sources}
