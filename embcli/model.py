@@ -158,12 +158,16 @@ def decode(
     """The values the model computes with, from stored values of `rows`.
 
     bfloat16 widens to float32 (exactly); int8-quantized tables are divided by their
-    per-row scale, as Keras does. `raw` keeps stored integers as they are. A stacked
-    variable is refused (`StackedTable`).
+    per-row scale, as Keras does. `raw` keeps stored integers (int4 codes unpacked to one
+    int8 per value). A stacked variable is refused (`StackedTable`).
     """
     refuse_stacked(table)
     if is_bfloat16(stored):
         return stored.astype(np.float32)
+    if raw and table.codec is not None:
+        from embcli.quantized import raw_values
+
+        return raw_values(table, stored)
     if raw or table.quantized is None:
         return stored
     if table.codec is not None:
@@ -205,7 +209,7 @@ def iter_blocks(
 
 def computed_dtype(table: Table, raw: bool = False) -> np.dtype:
     """The dtype `decode` returns for a table."""
-    if table.dtype == "bfloat16" or (table.quantized == "int8" and not raw):
+    if table.dtype == "bfloat16" or (table.quantized is not None and not raw):
         return np.dtype(np.float32)
     return np.dtype(table.dtype)
 

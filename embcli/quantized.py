@@ -20,6 +20,7 @@ from embcli.formats.base import ModelFile, Table
 
 QUANTIZED_STORAGE = ("int8", "uint8")
 FLOAT = "float"
+PACKED_INT4 = ("int4", "int4-grouped")
 BACKBONE_SUFFIX = "Backbone"
 # Bytes of a reverse table read at once: a band of its stored rows, a block of tokens.
 REVERSE_BAND_BYTES = 16 * 1024 * 1024
@@ -96,6 +97,17 @@ def decode_rows(model: ModelFile, table: Table, rows: slice | np.ndarray) -> np.
     if "g_idx" in blocks:
         codec = codec.with_group_index(blocks["g_idx"])
     return codec.decode(blocks)
+
+
+def raw_values(table: Table, stored: np.ndarray) -> np.ndarray:
+    """Stored integers of a quantized table, one per value: int4 codes packed two to a
+    byte are unpacked to int8, so the rows have the table's logical width."""
+    codec = table.codec.embeddings if table.codec is not None else None
+    if codec is None or codec.name not in PACKED_INT4:
+        return stored
+    from embcli.quantization.codecs import unpack_nibbles
+
+    return unpack_nibbles(np.asarray(stored), table.dim)
 
 
 def encode_rows(

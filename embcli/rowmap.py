@@ -92,6 +92,7 @@ class TablePlan:
         rows, by their position among the added rows; the others follow `init`."""
         added = self._added_rows(rows.added, explicit)
         followers = self._table(added)
+        followers += self._mirrors(followers[0])
         followers += self._reverse(rows.added)
         followers += self._output_biases(rows.added)
         if head is not None:
@@ -275,6 +276,17 @@ class TablePlan:
             )
             followers.append(_Follower(weight, bias_shape, 0, bias_dtype, bias, trained))
         return followers
+
+    def _mirrors(self, table: _Follower) -> list[_Follower]:
+        """Stored copies of the table that must keep its shape (keras-hub 0.20's task
+        weights hold the backbone's): their rows move the same way, and added rows are
+        the table's. Copies of another shape or dtype are left alone."""
+        found = []
+        for weight in self.artifact.mirrored_weights(self.table):
+            shape, dtype = self.artifact.weight_info(weight)
+            if tuple(shape) == tuple(table.shape) and dtype == table.dtype:
+                found.append(_Follower(weight, table.shape, table.axis, dtype, table.added))
+        return found
 
     def _slots(self, follower: _Follower) -> list[_Follower]:
         """The optimizer slots of a trained weight: added entries zero."""

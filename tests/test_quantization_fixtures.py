@@ -116,3 +116,26 @@ def test_grouped_block_size_is_recovered_from_the_stored_group_index():
     table = detect_codecs(infos(name)).embeddings
     g_idx = stored_arrays(name)[table.parts["g_idx"].variable.path]
     assert table.with_group_index(g_idx).codec.block_size == MANIFEST[name]["block_size"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_export_writes_what_keras_reported(runner, name, expected, tmp_path):
+    """`export` dequantizes every encoding (int4 tables were once cut to integers), and
+    `--raw` writes one stored integer per value, int4 codes unpacked."""
+    from embcli.cli import cli
+
+    layer = MANIFEST[name]["layer"]
+    recorded = MANIFEST[name]["tables"][0]
+    want = expected[recorded["expected"]]
+    out = tmp_path / "table.npy"
+    result = runner.invoke(cli, ["export", str(QUANT / name), "-l", layer, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    got = np.load(out)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    raw = tmp_path / "raw.npy"
+    args = ["export", str(QUANT / name), "-l", layer, "--raw", "-o", str(raw)]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    stored = np.load(raw)
+    assert stored.dtype == np.int8 and stored.shape == want.shape

@@ -229,6 +229,11 @@ class ModelFile(ABC):
         vocabulary) and must follow its rows."""
         return []
 
+    def mirrored_weights(self, table: Table) -> list[str]:
+        """Stored copies of `table`'s weight that the model never reads but whose shape
+        must follow its rows for the model to load (none in most formats)."""
+        return []
+
     def weights_of(self, table: Table) -> list[str]:
         """Every weight of the layer that owns `table` (its bias, say), in order."""
         return [table.weight]

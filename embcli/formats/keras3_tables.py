@@ -22,6 +22,7 @@ from embcli.formats.naming import (
     ConfigLayer,
     class_from_auto_name,
     class_from_group,
+    conventional_hub_names,
     names_an_embedding,
     serialized_layers,
 )
@@ -75,7 +76,16 @@ class Keras3Tables:
         if owner is not None and owner.saved_name:
             return owner.saved_name
         known = self._config_layer(group)
-        return known.name if known is not None else None
+        if known is not None:
+            return known.name
+        return self._conventional_names.get(group)
+
+    @cached_property
+    def _conventional_names(self) -> dict[str, str]:
+        """keras-hub's names for a backbone's tables, in a file that records none."""
+        if any(owner.saved_name for owner in self._owners.values()):
+            return {}
+        return conventional_hub_names(self._config, set(self._owners))
 
     def _qualified(self, group: str) -> str:
         """Names of the enclosing layers and this one, joined by `/`.

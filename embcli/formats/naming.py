@@ -194,3 +194,62 @@ def class_from_auto_name(name: str) -> str | None:
 def names_an_embedding(name: str) -> bool:
     """Whether an attribute or layer name says "embedding" (`token_embedding`, `table_emb`)."""
     return bool(_EMBEDDING_WORD.search(name))
+
+
+# Files from before Keras 3.6 record no layer names, and a keras-hub (or keras-nlp)
+# backbone's config lists no layers. Its tables' names are then the ones keras-nlp 0.12's
+# backbones give them (from its sources): each backbone's one ReversibleEmbedding is
+# `token_embedding`; these backbones' one plain Embedding and one PositionEmbedding are
+# `segment_embedding` and `position_embedding`.
+HUB_PACKAGES = ("keras_hub", "keras_nlp")
+BACKBONE_SUFFIX = "Backbone"
+TASK_BACKBONE_KEY = "backbone"
+_SEGMENTED = ("BertBackbone", "AlbertBackbone", "ElectraBackbone", "FNetBackbone")
+_CONVENTIONAL_TABLES = (
+    ("reversible_embedding", "token_embedding", None),
+    ("embedding", "segment_embedding", _SEGMENTED),
+    ("position_embedding", "position_embedding", (*_SEGMENTED, "GPT2Backbone")),
+)
+
+
+def _hub_class(config: Any) -> str | None:
+    """The class a config names, when keras-hub or keras-nlp registered it."""
+    if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
+        return None
+    module = config.get("module")
+    registered = config.get("registered_name")
+    from_hub = isinstance(module, str) and module.split(".")[0] in HUB_PACKAGES
+    from_hub = from_hub or (
+        isinstance(registered, str) and registered.split(">")[0] in HUB_PACKAGES
+    )
+    return config["class_name"] if from_hub else None
+
+
+def conventional_hub_names(config: Any, groups: set[str]) -> dict[str, str]:
+    """Group path -> layer name for the tables of a keras-hub backbone, at the root of
+    `config` or as a task's `backbone`, by keras-nlp's naming (see above); only for groups
+    in `groups` whose class has no second group beside them."""
+    backbone, prefix = config, ""
+    found: dict[str, str] = {}
+    root = _hub_class(config)
+    if root is None:
+        return found
+    if not root.endswith(BACKBONE_SUFFIX):
+        inner = config.get("config")
+        backbone = inner.get(TASK_BACKBONE_KEY) if isinstance(inner, dict) else None
+        if _hub_class(backbone) is None:
+            return found
+        assert isinstance(backbone, dict)
+        prefix = f"{LAYERS_CONTAINER}/{to_snake_case(backbone['class_name'])}/"
+        name = backbone.get("config", {}).get("name") if isinstance(backbone, dict) else None
+        if isinstance(name, str):
+            found[prefix.rstrip("/")] = name
+    class_name = _hub_class(backbone)
+    if class_name is None or not class_name.endswith(BACKBONE_SUFFIX):
+        return {}
+    for group_name, name, classes in _CONVENTIONAL_TABLES:
+        group = f"{prefix}{LAYERS_CONTAINER}/{group_name}"
+        if group in groups and f"{group}_1" not in groups:
+            if classes is None or class_name in classes:
+                found[group] = name
+    return found

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from embcli.errors import MalformedFile, UnsafeFile, UnsupportedEdit
-from embcli.formats.base import Edit, WritePlan
+from embcli.formats.base import Edit, Table, WritePlan
 from embcli.formats.keras3 import Keras3File, shard_names
 from embcli.formats.registry import ArtifactKind, Probe
 from embcli.locations import Location, json_limit, location_of
@@ -32,6 +32,7 @@ WEIGHTS_FILENAME = "model.weights.h5"
 SHARDED_WEIGHTS_FILENAME = "model.weights.json"
 TASK_WEIGHTS_FILENAME = "task.weights.h5"
 TASK_PREFIX = "task/"
+LAYERS_GROUP = "layers"
 TASK_BACKBONE_KEY = "backbone"
 BACKBONE_SIZE_KEY = "vocabulary_size"
 KERAS_HUB_MODULE = "keras_hub"
@@ -77,6 +78,44 @@ class PresetFile(Keras3File):
         if folder.is_file(TASK_WEIGHTS_FILENAME):
             self._sources[TASK_WEIGHTS_FILENAME] = folder.h5_source(TASK_WEIGHTS_FILENAME)
             self._prefixes[TASK_WEIGHTS_FILENAME] = TASK_PREFIX
+
+    def _find_owners(self):
+        """As in any Keras folder, less the copy of the backbone that `task.weights.h5`
+        holds when keras-hub 0.20 or older (and keras-nlp) wrote it: Keras skips the
+        backbone's objects when it loads task weights, so that copy is never read."""
+        owners = super()._find_owners()
+        copy = self._task_backbone_copy()
+        if copy is None:
+            return owners
+        return {p: o for p, o in owners.items() if p != copy and not p.startswith(copy + "/")}
+
+    def _task_backbone_copy(self) -> str | None:
+        """The `task/layers/<group>` whose datasets are exactly the backbone's, if any."""
+        task = self._sources.get(TASK_WEIGHTS_FILENAME)
+        if task is None:
+            return None
+        backbone = {
+            path
+            for key, source in self._sources.items()
+            if key != TASK_WEIGHTS_FILENAME
+            for path in source.index.datasets
+        }
+        by_group: dict[str, set[str]] = {}
+        for path in task.index.datasets:
+            parts = path.split("/", 2)
+            if len(parts) == 3 and parts[0] == LAYERS_GROUP:
+                by_group.setdefault(parts[1], set()).add(parts[2])
+        copies = [group for group, paths in by_group.items() if backbone and paths == backbone]
+        return f"{TASK_PREFIX}{LAYERS_GROUP}/{copies[0]}" if len(copies) == 1 else None
+
+    def mirrored_weights(self, table: Table) -> list[str]:
+        """The task file's copy of a backbone table (see `_find_owners`): the keras-hub
+        release that wrote it fails to load the task when the copy's shape is stale."""
+        copy = self._task_backbone_copy()
+        if copy is None or table.weight.startswith(TASK_PREFIX):
+            return []
+        mirror = f"{copy}/{table.weight.strip('/')}"
+        return [mirror] if mirror in self._location else []
 
     def _folder_files(self) -> dict[str, Path]:
         return {key: Path(WEIGHTS_FILENAME if key == "" else key) for key in self._sources}
