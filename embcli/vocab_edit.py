@@ -16,7 +16,7 @@ from embcli.config_graph import INTEGER_LOOKUP, LOOKUP_CLASSES
 from embcli.errors import BadVocabulary, UnsupportedEdit
 from embcli.guarded.parsing import holds_containers
 from embcli.token_lists import token_list_text
-from embcli.vocabulary import Vocabulary
+from embcli.vocabulary import TOKENIZER_SOURCE, Vocabulary
 
 CONFIG_SOURCE = "config:"
 ASSET_SOURCE = "asset:"
@@ -66,6 +66,12 @@ def replace_vocabulary(
     """Make `tokens` (one a row, special rows included) the vocabulary, wherever
     `vocabulary` lives. The special rows must stay where the lookup layer puts them."""
     change = VocabularyChange()
+    if vocabulary.source.startswith(TOKENIZER_SOURCE):
+        raise UnsupportedEdit(
+            f"{vocabulary.source[len(TOKENIZER_SOURCE) :]} is a keras-hub tokenizer's "
+            "vocabulary, whose merges, pieces and special tokens depend on its order: embcli "
+            "can append tokens to it (resize) but not reorder, drop or rename them"
+        )
     if vocabulary.source.startswith(FILE_SOURCE):
         change.file_text = token_list_text(tokens)
         return change

@@ -232,3 +232,44 @@ def test_remap_command(runner, tmp_path):
     assert result.exit_code == 1 and "exists; use --force to replace it" in result.output
     result = runner.invoke(cli, args)
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("preset", ["bert_masked_lm", "gpt2_causal_lm", "llama_backbone"])
+def test_a_keras_hub_tokenizer_vocabulary_is_not_remapped_or_renamed(runner, tmp_path, preset):
+    folder = FIXTURES / "hub" / preset
+    tokens = tmp_path / "tokens.txt"
+    listed = runner.invoke(cli, ["vocab", str(folder), "-l", "token_embedding", "-o", str(tokens)])
+    assert listed.exit_code == 0, listed.output
+    kept = tokens.read_text(encoding="utf-8").splitlines()[:20]
+    tokens.write_text("\n".join(reversed(kept)) + "\n", encoding="utf-8")
+    first = kept[5]
+    for args in (
+        [
+            "remap",
+            str(folder),
+            "-l",
+            "token_embedding",
+            "--to",
+            str(tokens),
+            "-o",
+            str(tmp_path / "remapped"),
+        ],
+        [
+            "vocab",
+            str(folder),
+            "-l",
+            "token_embedding",
+            "--rename",
+            f"{first}=embcli_new",
+            "-o",
+            str(tmp_path / "renamed"),
+        ],
+    ):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith("Error: assets/tokenizer/")
+        assert "is a keras-hub tokenizer's vocabulary" in result.output
+        assert (
+            "can append tokens to it (resize) but not reorder, drop or rename them" in result.output
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens.txt"]
