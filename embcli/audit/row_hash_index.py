@@ -10,6 +10,8 @@ Memory: 8 bytes a row for the hashes and as much again while they are sorted
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from embcli.audit.common import row_bytes
@@ -17,6 +19,8 @@ from embcli.formats.base import ModelFile, Table
 
 INDEX_BYTES_PER_ROW = 16
 _LOOKUP_ROWS = 1 << 20
+
+RowReader = Callable[[ModelFile, Table, np.ndarray], np.ndarray]
 
 
 class RowHashIndex:
@@ -40,7 +44,7 @@ class RowHashIndex:
         self.hashes[self.filled : self.filled + len(hashes)] = hashes
         self.filled += len(hashes)
 
-    def count(self, model: ModelFile, table: Table, block_rows: int, read_rows) -> int:
+    def count(self, model: ModelFile, table: Table, block_rows: int, read_rows: RowReader) -> int:
         """Rows bit-equal to an earlier row, reading only the rows whose hash repeats.
 
         `read_rows(model, table, indices)` reads rows (decoded as the hashed blocks were).
