@@ -35,10 +35,6 @@ class RowHashIndex:
     def fits(rows: int, budget: int) -> bool:
         return rows * INDEX_BYTES_PER_ROW <= budget
 
-    @property
-    def complete(self) -> bool:
-        return self.filled == len(self.hashes)
-
     def add(self, hashes: np.ndarray) -> None:
         """The hashes of the next rows, in order."""
         self.hashes[self.filled : self.filled + len(hashes)] = hashes
